@@ -1,0 +1,98 @@
+"""Checkpoints: the train state and the data iterator, saved together by one Orbax manager.
+
+Layout of a workdir::
+
+  WORKDIR/config.json            the resolved config of the run
+  WORKDIR/checkpoints/<step>/    state/ (params, optimizer, step) + data/ (Grain iterator state)
+  WORKDIR/metrics.jsonl          one JSON object per logged step
+  WORKDIR/tensorboard/           event files
+
+Saves are asynchronous and atomic (Orbax writes to a temporary directory and renames it when the
+save is complete), so a run killed mid-save still has its previous checkpoint. Restores take the
+target shardings, so a checkpoint written on one mesh loads onto any other mesh or device count.
+A latest checkpoint that cannot be read is skipped with a warning in favour of the one before it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+
+
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), 'checkpoints')
+
+
+def make_manager(workdir: str, keep: int, async_save: bool = True) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=keep,
+      enable_async_checkpointing=async_save,
+      create=True,
+  )
+  return ocp.CheckpointManager(epath.Path(checkpoint_dir(workdir)), options=options)
+
+
+def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iterator: Any | None,
+         force: bool = False) -> bool:
+  """Queues an (async) save of state + iterator at ``step``; returns whether a save started."""
+  items = {'state': ocp.args.StandardSave(state)}
+  if data_iterator is not None:
+    items['data'] = grain.checkpoint.CheckpointSave(data_iterator)
+  return manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+
+def abstract_with_shardings(abstract: Any, shardings: Any) -> Any:
+  """ShapeDtypeStructs carrying the *target* shardings, for restoring onto a new mesh."""
+  return jax.tree_util.tree_map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+
+
+def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
+                   data_iterator: Any | None) -> tuple[int, Any] | None:
+  """Restores the newest readable checkpoint into ``abstract_state``'s shardings.
+
+  Also restores ``data_iterator`` in place. Returns ``(step, state)``, or ``None`` when the
+  workdir holds no checkpoint. Unreadable checkpoints are skipped, newest first, with a warning.
+  """
+  steps = sorted(manager.all_steps(), reverse=True)
+  for step in steps:
+    items = {'state': ocp.args.StandardRestore(abstract_state)}
+    if data_iterator is not None:
+      items['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
+    try:
+      restored = manager.restore(step, args=ocp.args.Composite(**items))
+    except Exception as e:  # noqa: BLE001 - any unreadable checkpoint means "try the previous"
+      logging.warning('checkpoint at step %d could not be restored (%s: %s); trying an older one',
+                      step, type(e).__name__, e)
+      print(f'WARNING: checkpoint at step {step} is unreadable ({type(e).__name__}: {e}); '
+            f'falling back to an older checkpoint', flush=True)
+      continue
+    return step, restored['state']
+  if steps:
+    raise RuntimeError(f'none of the checkpoints {steps} in {manager.directory} could be '
+                       f'restored; move them aside to start from scratch')
+  return None
+
+
+def write_config(workdir: str, config) -> None:
+  """Writes the resolved config as JSON (atomically) so notebooks can rebuild the model."""
+  if jax.process_index() != 0:
+    return
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, 'config.json')
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  os.replace(tmp, path)
+
+
+def read_config_dict(workdir: str) -> dict:
+  with open(os.path.join(workdir, 'config.json')) as f:
+    return json.load(f)

@@ -1,0 +1,270 @@
+"""Toto: a LLaMA-style causal decoder over discrete visual tokens (seed 000, Eq. 4.3-4.4).
+
+One file, two architectures selected by ``config.arch``:
+
+* ``llama`` (default): pre-norm RMSNorm, SwiGLU MLP, rotary positions (RoPE) with a configurable
+  base, no biases, untied input/output embeddings, optional grouped key/value heads.
+* ``gpt2``: pre-norm LayerNorm, GELU MLP, absolute sine-cosine positions, biases (Table 4.6).
+
+Every parameter carries logical axis names (``embed``, ``heads``, ``kv_heads``, ``head_dim``,
+``mlp``, ``vocab``, ``layers``) and the main activations carry ``act_*`` names; the rules table in
+the config maps them onto the mesh, so the model never names a mesh axis. Layers run under
+``nn.scan`` (parameters stacked on a leading ``layers`` axis) with a configurable remat policy.
+
+The model takes a ``ml_collections.ConfigDict`` (the ``model`` block of a run config) or any object
+with the same attributes; :func:`padded_vocab_size` gives the embedding rows actually allocated.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
+
+
+def padded_vocab_size(vocab_size: int, multiple: int = 128) -> int:
+  """Embedding rows allocated: ``vocab_size`` rounded up to ``multiple`` (MXU/tensor-core friendly)."""
+  return int(math.ceil(vocab_size / multiple) * multiple)
+
+
+def compute_dtype(config) -> jnp.dtype:
+  try:
+    return _DTYPES[config.dtype]
+  except KeyError:
+    raise ValueError(f'model.dtype must be one of {sorted(_DTYPES)}, got {config.dtype!r}') from None
+
+
+# Remat policies by name; 'none' keeps every activation, 'full' recomputes the whole layer.
+REMAT_POLICIES: dict[str, Callable | None] = {
+    'none': None,
+    'full': jax.checkpoint_policies.nothing_saveable,
+    'dots': jax.checkpoint_policies.checkpoint_dots,
+    'dots_no_batch': jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+def _dense_init():
+  return nn.initializers.normal(stddev=0.02)
+
+
+# ---------------------------------------------------------------------------------------------
+# Positions
+# ---------------------------------------------------------------------------------------------
+
+def rope_frequencies(head_dim: int, base: float) -> np.ndarray:
+  """Inverse frequencies of rotary embeddings, ``base ** (-2i / head_dim)``."""
+  return 1.0 / (base ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
+
+
+def apply_rope(x: Array, positions: Array, base: float) -> Array:
+  """Rotates ``x`` [batch, length, heads, head_dim] by position (half-split layout, as HF LLaMA)."""
+  head_dim = x.shape[-1]
+  inv_freq = jnp.asarray(rope_frequencies(head_dim, base), dtype=jnp.float32)
+  angles = positions[..., None].astype(jnp.float32) * inv_freq  # [batch, length, head_dim/2]
+  sin = jnp.sin(angles)[:, :, None, :]
+  cos = jnp.cos(angles)[:, :, None, :]
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return rotated.astype(x.dtype)
+
+
+def sincos_positions(length: int, dim: int) -> np.ndarray:
+  """Absolute sine-cosine position table [length, dim] (GPT-2 variant)."""
+  pos = np.arange(length, dtype=np.float64)[:, None]
+  inv = 1.0 / (10000 ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
+  table = np.zeros((length, dim), dtype=np.float32)
+  table[:, 0::2] = np.sin(pos * inv)
+  table[:, 1::2] = np.cos(pos * inv)[:, : dim // 2]
+  return table
+
+
+# ---------------------------------------------------------------------------------------------
+# Layers
+# ---------------------------------------------------------------------------------------------
+
+class RMSNorm(nn.Module):
+  """Root-mean-square norm computed in float32 (LLaMA)."""
+  eps: float = 1e-6
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    scale = self.param('scale', nn.with_logical_partitioning(nn.initializers.ones, ('embed',)),
+                       (x.shape[-1],), jnp.float32)
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return (y * scale).astype(x.dtype)
+
+
+class LayerNorm(nn.Module):
+  """LayerNorm with scale and bias, statistics in float32 (GPT-2)."""
+  eps: float = 1e-5
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    d = x.shape[-1]
+    scale = self.param('scale', nn.with_logical_partitioning(nn.initializers.ones, ('embed',)),
+                       (d,), jnp.float32)
+    bias = self.param('bias', nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)),
+                      (d,), jnp.float32)
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+    y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
+    return (y * scale + bias).astype(x.dtype)
+
+
+def _norm(config, name: str) -> nn.Module:
+  if config.arch == 'gpt2':
+    return LayerNorm(eps=config.norm_eps, name=name)
+  return RMSNorm(eps=config.norm_eps, name=name)
+
+
+class DenseGeneral(nn.Module):
+  """A projection with named axes: kernel shape ``in_shape + out_shape``, float32 storage."""
+  in_shape: tuple[int, ...]
+  out_shape: tuple[int, ...]
+  axes: tuple[str, ...]
+  use_bias: bool
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    kernel = self.param('kernel', nn.with_logical_partitioning(_dense_init(), self.axes),
+                        self.in_shape + self.out_shape, jnp.float32)
+    n_in = len(self.in_shape)
+    contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
+    y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype), (contract, ((), ())))
+    if self.use_bias:
+      bias = self.param('bias', nn.with_logical_partitioning(nn.initializers.zeros,
+                                                             self.axes[n_in:]),
+                        self.out_shape, jnp.float32)
+      y = y + bias.astype(self.dtype)
+    return y
+
+
+class Attention(nn.Module):
+  """Causal multi-head attention with optional grouped key/value heads.
+
+  The attention itself is ``jax.nn.dot_product_attention`` so GPUs use the fused cuDNN kernel
+  (``config.attention_impl='cudnn'``) and other backends the XLA path.
+  """
+  config: Any
+
+  @nn.compact
+  def __call__(self, x: Array, positions: Array) -> Array:
+    cfg = self.config
+    dtype = compute_dtype(cfg)
+    d, h, kvh = cfg.dim, cfg.num_heads, cfg.num_kv_heads or cfg.num_heads
+    hd = d // h
+    bias = cfg.arch == 'gpt2'
+    q = DenseGeneral((d,), (h, hd), ('embed', 'heads', 'head_dim'), bias, dtype, name='query')(x)
+    k = DenseGeneral((d,), (kvh, hd), ('embed', 'kv_heads', 'head_dim'), bias, dtype,
+                     name='key')(x)
+    v = DenseGeneral((d,), (kvh, hd), ('embed', 'kv_heads', 'head_dim'), bias, dtype,
+                     name='value')(x)
+    if cfg.arch == 'llama':
+      q = apply_rope(q, positions, cfg.rope_base)
+      k = apply_rope(k, positions, cfg.rope_base)
+    q = nn.with_logical_constraint(q, ('act_batch', 'act_length', 'act_heads', None))
+    k = nn.with_logical_constraint(k, ('act_batch', 'act_length', 'act_kv_heads', None))
+    v = nn.with_logical_constraint(v, ('act_batch', 'act_length', 'act_kv_heads', None))
+    out = jax.nn.dot_product_attention(q, k, v, is_causal=cfg.causal,
+                                       implementation=cfg.attention_impl)
+    out = nn.with_logical_constraint(out, ('act_batch', 'act_length', 'act_heads', None))
+    return DenseGeneral((h, hd), (d,), ('heads', 'head_dim', 'embed'), bias, dtype,
+                        name='out')(out)
+
+
+class Mlp(nn.Module):
+  """SwiGLU (llama) or GELU (gpt2) feed-forward block."""
+  config: Any
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    cfg = self.config
+    dtype = compute_dtype(cfg)
+    d, m = cfg.dim, cfg.mlp_dim
+    if cfg.arch == 'gpt2':
+      hidden = DenseGeneral((d,), (m,), ('embed', 'mlp'), True, dtype, name='up')(x)
+      hidden = nn.gelu(hidden, approximate=True)
+    else:
+      gate = DenseGeneral((d,), (m,), ('embed', 'mlp'), False, dtype, name='gate')(x)
+      up = DenseGeneral((d,), (m,), ('embed', 'mlp'), False, dtype, name='up')(x)
+      hidden = nn.silu(gate) * up
+    hidden = nn.with_logical_constraint(hidden, ('act_batch', 'act_length', 'act_mlp'))
+    return DenseGeneral((m,), (d,), ('mlp', 'embed'), cfg.arch == 'gpt2', dtype,
+                        name='down')(hidden)
+
+
+class Block(nn.Module):
+  """One pre-norm decoder layer: ``h + attn(norm(h))`` then ``h + mlp(norm(h))``.
+
+  Returns ``(h, h if emit_hidden else None)`` so ``nn.scan`` can stack per-layer features.
+  """
+  config: Any
+  emit_hidden: bool = False
+
+  @nn.compact
+  def __call__(self, x: Array, positions: Array) -> tuple[Array, Array | None]:
+    x = x + Attention(self.config, name='attn')(_norm(self.config, 'attn_norm')(x), positions)
+    x = x + Mlp(self.config, name='mlp')(_norm(self.config, 'mlp_norm')(x))
+    x = nn.with_logical_constraint(x, ('act_batch', 'act_length', 'act_embed'))
+    return x, (x if self.emit_hidden else None)
+
+
+class Toto(nn.Module):
+  """Decoder-only transformer: int32 tokens [batch, length] -> float32 logits [batch, length, V].
+
+  ``V`` is the padded vocabulary; entries at and beyond ``config.vocab_size`` are never targets and
+  the loss masks them. With ``return_hidden=True`` it also returns the residual stream after every
+  layer (stacked [layers, batch, length, dim]) for probing.
+  """
+  config: Any
+
+  @nn.compact
+  def __call__(self, tokens: Array, positions: Array | None = None,
+               return_hidden: bool = False):
+    cfg = self.config
+    dtype = compute_dtype(cfg)
+    vocab = padded_vocab_size(cfg.vocab_size)
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
+
+    embedding = self.param('embed', nn.with_logical_partitioning(
+        nn.initializers.normal(stddev=0.02), ('vocab', 'embed')), (vocab, cfg.dim), jnp.float32)
+    x = jnp.take(embedding, tokens, axis=0).astype(dtype)
+    if cfg.arch == 'gpt2':
+      x = x + jnp.asarray(sincos_positions(cfg.max_len, cfg.dim), dtype)[positions]
+    x = nn.with_logical_constraint(x, ('act_batch', 'act_length', 'act_embed'))
+
+    block = Block
+    if cfg.remat_policy != 'none':
+      if cfg.remat_policy not in REMAT_POLICIES:
+        raise ValueError(f'model.remat_policy must be one of {sorted(REMAT_POLICIES)}, '
+                         f'got {cfg.remat_policy!r}')
+      block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=False)
+    layers = nn.scan(
+        block,
+        variable_axes={'params': 0},
+        split_rngs={'params': True, 'dropout': True},
+        in_axes=(nn.broadcast,),
+        length=cfg.num_layers,
+        metadata_params={nn.PARTITION_NAME: 'layers'},
+    )
+    x, hidden = layers(cfg, return_hidden, name='layers')(x, positions)
+    x = _norm(cfg, 'final_norm')(x)
+    logits = DenseGeneral((cfg.dim,), (vocab,), ('embed', 'vocab'), False, dtype,
+                          name='lm_head')(x)
+    logits = nn.with_logical_constraint(logits.astype(jnp.float32),
+                                        ('act_batch', 'act_length', 'act_vocab'))
+    if return_hidden:
+      return logits, hidden
+    return logits
