@@ -1,0 +1,337 @@
+"""Toto decoder: causality, RoPE, grouped KV heads, remat, hidden states, dtypes, logical names."""
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.extend import core as jex_core
+import numpy as np
+import pytest
+
+from configs import toto as toto_configs
+from toto_jax import model as toto_model
+from toto_jax.model import Toto, apply_rope, padded_vocab_size
+
+VOCAB = 200
+
+
+def small_config(arch='llama', **overrides):
+  cfg = toto_configs.model_config('tiny', arch)
+  cfg.vocab_size = VOCAB
+  cfg.dim = 32
+  cfg.num_heads = 4
+  cfg.num_kv_heads = 4
+  cfg.num_layers = 2
+  cfg.mlp_dim = 64
+  cfg.max_len = 32
+  for key, value in overrides.items():
+    setattr(cfg, key, value)
+  return cfg
+
+
+def tokens_for(batch=2, length=16, seed=0):
+  return jnp.asarray(np.random.default_rng(seed).integers(0, VOCAB, (batch, length)), jnp.int32)
+
+
+def init_params(cfg, tokens, seed=0, scale=1.0):
+  """Plain random params in the tree ``Toto(cfg).init`` makes (its shapes via ``eval_shape``).
+
+  Drawn with NumPy rather than by running ``init``: compiling the init's RNG costs seconds per
+  config on CPU. Kernels and embeddings get std ``0.02 * scale``, norm scales ``1 + 0.1 N(0, 1)``.
+  """
+  shapes = jax.eval_shape(lambda: nn.meta.unbox(
+      Toto(cfg).init(jax.random.PRNGKey(0), tokens)['params']))
+  flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(shapes))
+  rng = np.random.default_rng(seed)
+  params = {}
+  for path, leaf in flat.items():
+    noise = rng.standard_normal(leaf.shape).astype(np.float32)
+    if 'norm' in '/'.join(path) and path[-1] == 'scale':
+      params[path] = jnp.asarray(1.0 + 0.1 * noise)
+    else:
+      params[path] = jnp.asarray(0.02 * scale * noise)
+  return flax.traverse_util.unflatten_dict(params)
+
+
+def forward(cfg, **kwargs):
+  """A jitted ``(params, tokens) -> logits``; reuse it so each config compiles once (un-jitted
+  ``apply`` re-traces and re-compiles the scanned layers on every call)."""
+  return jax.jit(lambda params, tokens: Toto(cfg).apply({'params': params}, tokens, **kwargs))
+
+
+def apply(cfg, params, tokens, **kwargs):
+  return forward(cfg, **kwargs)(params, tokens)
+
+
+# ---------------------------------------------------------------------------------------------
+# Causality
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('arch', ['llama', 'gpt2'])
+def test_causality(arch):
+  cfg = small_config(arch)
+  tokens = tokens_for(length=16)
+  params = init_params(cfg, tokens, scale=5.0)
+  fwd = forward(cfg)
+  base = np.asarray(fwd(params, tokens))
+  for j in (0, 7, 15):
+    changed = tokens.at[:, j].set((tokens[:, j] + 1) % VOCAB)
+    out = np.asarray(fwd(params, changed))
+    np.testing.assert_allclose(out[:, :j], base[:, :j], rtol=1e-6, atol=1e-6, err_msg=f'j={j}')
+    assert np.abs(out[:, j:] - base[:, j:]).max(axis=-1).min() > 1e-4, f'j={j}'
+
+
+# ---------------------------------------------------------------------------------------------
+# Rotary positions
+# ---------------------------------------------------------------------------------------------
+
+def _rope_scores(q, k, q_pos, k_pos, base):
+  """Scores <rope(q, m), rope(k, n)> for every m in q_pos, n in k_pos (q, k: [heads, hd])."""
+  def rotate(x, pos):
+    pos = jnp.asarray(pos, jnp.int32)[None]                       # [1, P]
+    xs = jnp.broadcast_to(x, (1, pos.shape[1]) + x.shape)         # [1, P, heads, hd]
+    return apply_rope(xs, pos, base)[0]                           # [P, heads, hd]
+  return np.asarray(jnp.einsum('mhd,nhd->hmn', rotate(q, q_pos), rotate(k, k_pos)))
+
+
+def test_rope_relative_position():
+  rng = np.random.default_rng(0)
+  q = jnp.asarray(rng.standard_normal((3, 16)), jnp.float32)
+  k = jnp.asarray(rng.standard_normal((3, 16)), jnp.float32)
+  base = 100.0
+  pos = np.arange(12)
+  scores = _rope_scores(q, k, pos, pos, base)
+  for shift in (1, 5, 17):
+    shifted = _rope_scores(q, k, pos + shift, pos + shift, base)
+    np.testing.assert_allclose(shifted, scores, rtol=1e-4, atol=1e-4)
+  # Scores depend only on m - n: every diagonal of the [m, n] matrix is constant ...
+  for offset in range(-11, 12):
+    diag = np.diagonal(scores, offset=offset, axis1=1, axis2=2)
+    np.testing.assert_allclose(diag, diag[:, :1].repeat(diag.shape[1], 1), rtol=1e-4, atol=1e-4)
+  # ... and different offsets give different scores.
+  assert np.abs(scores[:, 5, 5] - scores[:, 5, 2]).min() > 1e-3
+  assert np.abs(scores[:, 5, 2] - scores[:, 5, 1]).min() > 1e-3
+  # Position 0 is the identity and rotation preserves norms.
+  x = jnp.asarray(rng.standard_normal((2, 5, 3, 16)), jnp.float32)
+  positions = jnp.asarray(rng.integers(0, 1000, (2, 5)), jnp.int32)
+  np.testing.assert_allclose(apply_rope(x, jnp.zeros((2, 5), jnp.int32), base), x, atol=1e-6)
+  np.testing.assert_allclose(jnp.linalg.norm(apply_rope(x, positions, base), axis=-1),
+                             jnp.linalg.norm(x, axis=-1), rtol=1e-5)
+
+
+def test_rope_half_split_layout():
+  """Dimension i pairs with i + hd/2 and rotates by pos * base^(-2i/hd) (HF LLaMA layout)."""
+  hd, base, pos = 8, 10000.0, 3
+  x = np.zeros((1, 1, 1, hd), np.float32)
+  x[..., 1] = 1.0                                                  # pair (1, 5)
+  out = np.asarray(apply_rope(jnp.asarray(x), jnp.full((1, 1), pos, jnp.int32), base))[0, 0, 0]
+  angle = pos * base ** (-2 * 1 / hd)
+  expected = np.zeros(hd)
+  expected[1], expected[5] = np.cos(angle), np.sin(angle)
+  np.testing.assert_allclose(out, expected, atol=1e-6)
+
+
+def test_rope_base_changes_outputs():
+  cfg = small_config(rope_base=10_000.0)
+  tokens = tokens_for()
+  params = init_params(cfg, tokens, scale=5.0)
+  a = np.asarray(apply(cfg, params, tokens))
+  b = np.asarray(apply(small_config(rope_base=50.0), params, tokens))
+  # Position 0 is not rotated, so it is identical; later positions move.
+  np.testing.assert_allclose(a[:, 0], b[:, 0], rtol=1e-5, atol=1e-5)
+  assert np.abs(a[:, 1:] - b[:, 1:]).max() > 1e-2
+
+
+# ---------------------------------------------------------------------------------------------
+# Grouped key/value heads
+# ---------------------------------------------------------------------------------------------
+
+def test_grouped_kv_heads():
+  cfg = small_config(num_heads=4, num_kv_heads=2)
+  tokens = tokens_for()
+  params = init_params(cfg, tokens, scale=5.0)
+  L, D, H, KVH, hd = 2, 32, 4, 2, 8
+  attn = params['layers']['attn']
+  assert attn['query']['kernel'].shape == (L, D, H, hd)
+  assert attn['key']['kernel'].shape == (L, D, KVH, hd)
+  assert attn['value']['kernel'].shape == (L, D, KVH, hd)
+  assert attn['out']['kernel'].shape == (L, H, hd, D)
+  logits = np.asarray(apply(cfg, params, tokens))
+  assert logits.shape == (2, 16, padded_vocab_size(VOCAB)) and np.isfinite(logits).all()
+
+  # Equivalent to full multi-head attention with each KV head repeated for its query group
+  # (query head i reads KV head i // (H // KVH), the HF repeat_kv convention).
+  mha_cfg = small_config(num_heads=4, num_kv_heads=4)
+  mha = flax.core.unfreeze(jax.tree_util.tree_map(lambda x: x, params))
+  for name in ('key', 'value'):
+    mha['layers']['attn'][name]['kernel'] = jnp.repeat(attn[name]['kernel'], H // KVH, axis=2)
+  np.testing.assert_allclose(apply(mha_cfg, mha, tokens), logits, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rematerialisation
+# ---------------------------------------------------------------------------------------------
+
+def _loss_and_grads(cfg, params, tokens):
+  def loss_fn(p):
+    logits = Toto(cfg).apply({'params': p}, tokens[:, :-1])
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    return -jnp.mean(jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)), logits
+  return jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params)
+
+
+def _remat_policies(cfg, params, tokens):
+  """The ``policy`` of every checkpoint (remat) equation anywhere in the forward jaxpr."""
+  closed = jax.make_jaxpr(lambda p: Toto(cfg).apply({'params': p}, tokens))(params)
+  found = []
+
+  def walk(jaxpr):
+    for eqn in jaxpr.eqns:
+      if 'policy' in eqn.params and 'prevent_cse' in eqn.params:
+        found.append(eqn.params['policy'])
+      for value in eqn.params.values():
+        for sub in (value if isinstance(value, (tuple, list)) else (value,)):
+          if isinstance(sub, jex_core.ClosedJaxpr):
+            walk(sub.jaxpr)
+          elif isinstance(sub, jex_core.Jaxpr):
+            walk(sub)
+
+  walk(closed.jaxpr)
+  return found
+
+
+def test_remat_policies_match():
+  tokens = tokens_for(length=17)
+  ref_cfg = small_config(remat_policy='none')
+  params = init_params(ref_cfg, tokens[:, :-1], scale=5.0)
+  assert _remat_policies(ref_cfg, params, tokens) == []
+  (ref_loss, ref_logits), ref_grads = _loss_and_grads(ref_cfg, params, tokens)
+  for policy in ('full', 'dots'):
+    cfg = small_config(remat_policy=policy)
+    # Same parameter tree under remat.
+    shapes = jax.eval_shape(lambda: nn.meta.unbox(
+        Toto(cfg).init(jax.random.PRNGKey(0), tokens)['params']))
+    assert jax.tree_util.tree_structure(flax.core.unfreeze(shapes)) == \
+        jax.tree_util.tree_structure(params), policy
+    # The layer really is rematerialised, with the named policy.
+    assert _remat_policies(cfg, params, tokens) == [toto_model.REMAT_POLICIES[policy]], policy
+    (loss, logits), grads = _loss_and_grads(cfg, params, tokens)
+    np.testing.assert_allclose(logits, ref_logits, rtol=1e-5, atol=1e-5, err_msg=policy)
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-6, err_msg=policy)
+    jax.tree_util.tree_map(
+        lambda g, r: np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-6, err_msg=policy),
+        grads, ref_grads)
+
+
+def test_bad_remat_policy_and_dtype_raise():
+  tokens = tokens_for()
+  with pytest.raises(ValueError, match='remat_policy'):
+    Toto(small_config(remat_policy='everything')).init(jax.random.PRNGKey(0), tokens)
+  with pytest.raises(ValueError, match='dtype'):
+    Toto(small_config(dtype='float8')).init(jax.random.PRNGKey(0), tokens)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hidden states, vocabulary padding, dtypes
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('arch', ['llama', 'gpt2'])
+def test_return_hidden(arch):
+  cfg = small_config(arch, num_layers=3)
+  tokens = tokens_for(batch=2, length=12)
+  params = init_params(cfg, tokens, scale=5.0)
+  logits, hidden = apply(cfg, params, tokens, return_hidden=True)
+  assert hidden.shape == (3, 2, 12, 32)
+  assert logits.shape == (2, 12, padded_vocab_size(VOCAB))
+  if arch == 'llama':
+    np.testing.assert_allclose(logits, apply(cfg, params, tokens), rtol=1e-6, atol=1e-6)
+    # The last hidden state, final RMSNorm and the head give the logits.
+    h = np.asarray(hidden[-1], np.float64)
+    h = h / np.sqrt(np.mean(h * h, axis=-1, keepdims=True) + cfg.norm_eps)
+    h = h * np.asarray(params['final_norm']['scale'])
+    np.testing.assert_allclose(h @ np.asarray(params['lm_head']['kernel']), logits,
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_padded_vocab():
+  for v in (1, 127, 128, 129, 200, 300, 8196):
+    p = padded_vocab_size(v)
+    assert p % 128 == 0 and v <= p < v + 128, v
+  assert padded_vocab_size(256) == 256
+  cfg = small_config()
+  tokens = tokens_for()
+  params = init_params(cfg, tokens)
+  assert params['embed'].shape == (256, 32)
+  assert params['lm_head']['kernel'].shape == (32, 256)
+  assert apply(cfg, params, tokens).shape == (2, 16, 256)
+
+
+def test_bfloat16_compute():
+  tokens = tokens_for()
+  cfg32 = small_config(dtype='float32')
+  params = init_params(cfg32, tokens, scale=5.0)
+  ref = np.asarray(apply(cfg32, params, tokens))
+  cfg16 = small_config(dtype='bfloat16')
+  out = apply(cfg16, params, tokens)
+  assert out.dtype == jnp.float32
+  # Parameters are stored in float32 regardless of the compute dtype.
+  shapes = jax.eval_shape(lambda: nn.meta.unbox(
+      Toto(cfg16).init(jax.random.PRNGKey(0), tokens)['params']))
+  assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(shapes))
+  out = np.asarray(out)
+  assert np.isfinite(out).all()
+  err = np.abs(out - ref).max()
+  assert err < 0.05 * np.abs(ref).max(), (err, np.abs(ref).max())
+  assert np.corrcoef(out.ravel(), ref.ravel())[0, 1] > 0.999
+
+
+# ---------------------------------------------------------------------------------------------
+# Logical axis names
+# ---------------------------------------------------------------------------------------------
+
+LLAMA_NAMES = {
+    'embed': ('vocab', 'embed'),
+    'layers/attn_norm/scale': ('layers', 'embed'),
+    'layers/attn/query/kernel': ('layers', 'embed', 'heads', 'head_dim'),
+    'layers/attn/key/kernel': ('layers', 'embed', 'kv_heads', 'head_dim'),
+    'layers/attn/value/kernel': ('layers', 'embed', 'kv_heads', 'head_dim'),
+    'layers/attn/out/kernel': ('layers', 'heads', 'head_dim', 'embed'),
+    'layers/mlp_norm/scale': ('layers', 'embed'),
+    'layers/mlp/gate/kernel': ('layers', 'embed', 'mlp'),
+    'layers/mlp/up/kernel': ('layers', 'embed', 'mlp'),
+    'layers/mlp/down/kernel': ('layers', 'mlp', 'embed'),
+    'final_norm/scale': ('embed',),
+    'lm_head/kernel': ('embed', 'vocab'),
+}
+
+
+def _boxed_leaves(cfg, tokens):
+  boxed = jax.eval_shape(lambda: Toto(cfg).init(jax.random.PRNGKey(0), tokens)['params'])
+  flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(boxed))
+  return {'/'.join(k): v for k, v in flat.items()}
+
+
+def test_logical_names_llama():
+  cfg = small_config(num_kv_heads=2)
+  leaves = _boxed_leaves(cfg, tokens_for())
+  assert set(leaves) == set(LLAMA_NAMES)
+  for path, box in leaves.items():
+    assert isinstance(box, nn.Partitioned), path
+    assert tuple(box.names) == LLAMA_NAMES[path], path
+    assert len(box.names) == box.value.ndim, path
+  specs = nn.get_partition_spec(flax.traverse_util.unflatten_dict(
+      {tuple(k.split('/')): v for k, v in leaves.items()}))
+  assert tuple(specs['layers']['attn']['key']['kernel']) == LLAMA_NAMES['layers/attn/key/kernel']
+
+
+def test_logical_names_gpt2():
+  leaves = _boxed_leaves(small_config('gpt2'), tokens_for())
+  for path, box in leaves.items():
+    assert isinstance(box, nn.Partitioned), path
+    assert len(box.names) == box.value.ndim, path
+    if path.startswith('layers/'):
+      assert box.names[0] == 'layers', path
+  assert tuple(leaves['layers/attn/query/bias'].names) == ('layers', 'heads', 'head_dim')
+  assert tuple(leaves['layers/mlp/up/bias'].names) == ('layers', 'mlp')
+  assert tuple(leaves['layers/attn_norm/bias'].names) == ('layers', 'embed')
+  assert 'layers/mlp/gate/kernel' not in leaves
