@@ -86,6 +86,7 @@ def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
   d.codebook_size = 8192
   d.synthetic_clips = 4096
   d.worker_count = 0
+  d.eval_records = 256           # first records of each file source held out for the eval hook
   d.sources = ml_collections.ConfigDict()
   for name, (weight, kind) in PAPER_MIXTURE.items():
     d.sources[name] = ml_collections.ConfigDict(
@@ -107,6 +108,7 @@ def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
     d.frames, d.frame_h, d.frame_w = 8, 8, 8
     d.codebook_size = 512
     d.synthetic_clips = 2048
+    d.eval_records = 64
     d.sources = ml_collections.ConfigDict(
         {'synthetic': {'pattern': 'synthetic', 'weight': 1.0, 'kind': 'video'}})
     t.global_batch_size = 16

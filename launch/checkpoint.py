@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from typing import Any
 
 import grain
@@ -62,6 +63,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
   workdir holds no checkpoint. Unreadable checkpoints are skipped, newest first, with a warning.
   """
   steps = sorted(manager.all_steps(), reverse=True)
+  unreadable = []
   for step in steps:
     items = {'state': ocp.args.StandardRestore(abstract_state)}
     if data_iterator is not None:
@@ -73,12 +75,32 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
                       step, type(e).__name__, e)
       print(f'WARNING: checkpoint at step {step} is unreadable ({type(e).__name__}: {e}); '
             f'falling back to an older checkpoint', flush=True)
+      unreadable.append(step)
       continue
+    _move_aside(manager, unreadable)
     return step, restored['state']
   if steps:
     raise RuntimeError(f'none of the checkpoints {steps} in {manager.directory} could be '
                        f'restored; move them aside to start from scratch')
   return None
+
+
+def _move_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
+  """Renames unreadable checkpoints to ``<step>.unreadable-<time>`` (kept for inspection, ignored
+  by Orbax) so that the resumed run can save those steps again."""
+  if not steps:
+    return
+  if jax.process_index() == 0:
+    stamp = int(time.time())
+    for step in steps:
+      path = os.path.join(str(manager.directory), str(step))
+      os.replace(path, f'{path}.unreadable-{stamp}')
+      print(f'WARNING: moved the unreadable checkpoint aside to {path}.unreadable-{stamp}',
+            flush=True)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices('checkpoint_move_aside')
+  manager.reload()
 
 
 def write_config(workdir: str, config) -> None:

@@ -381,6 +381,11 @@ def _finish(datasets: list[grain.MapDataset], specs: list[_SourceSpec], data_cfg
   return it
 
 
+def validate_data_config(data_cfg: ml_collections.ConfigDict) -> None:
+  """Raises ``ValueError`` naming the ``data.*`` field for a config no pipeline can be built from."""
+  _validate_common(data_cfg, process_index=0, process_count=1, batch_size=1)
+
+
 def build_train_dataset(data_cfg: ml_collections.ConfigDict, *, seed: int, process_index: int,
                         process_count: int, batch_size: int) -> grain.IterDataset:
   """Infinite, shuffled, mixed training stream of ``{'tokens': int32 [batch_size, L]}``.

@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from toto_jax import attention
+
 Array = jax.Array
 
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
@@ -139,12 +141,15 @@ class DenseGeneral(nn.Module):
   def __call__(self, x: Array) -> Array:
     kernel = self.param('kernel', nn.with_logical_partitioning(_dense_init(), self.axes),
                         self.in_shape + self.out_shape, jnp.float32)
-    n_in = len(self.in_shape)
-    contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
-    y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype), (contract, ((), ())))
+    # As one 2-D matmul: XLA:CPU runs a weight gradient that contracts over (batch, length)
+    # about 3x slower than the same contraction over one flattened axis; elsewhere it is free.
+    lead = x.shape[:x.ndim - len(self.in_shape)]
+    n_in, n_out = math.prod(self.in_shape), math.prod(self.out_shape)
+    y = x.astype(self.dtype).reshape(-1, n_in) @ kernel.astype(self.dtype).reshape(n_in, n_out)
+    y = y.reshape(lead + self.out_shape)
     if self.use_bias:
       bias = self.param('bias', nn.with_logical_partitioning(nn.initializers.zeros,
-                                                             self.axes[n_in:]),
+                                                             self.axes[len(self.in_shape):]),
                         self.out_shape, jnp.float32)
       y = y + bias.astype(self.dtype)
     return y
@@ -153,8 +158,9 @@ class DenseGeneral(nn.Module):
 class Attention(nn.Module):
   """Causal multi-head attention with optional grouped key/value heads.
 
-  The attention itself is ``jax.nn.dot_product_attention`` so GPUs use the fused cuDNN kernel
-  (``config.attention_impl='cudnn'``) and other backends the XLA path.
+  The attention itself is :func:`toto_jax.attention.dot_product_attention`:
+  ``jax.nn.dot_product_attention`` on accelerators (the fused cuDNN kernel on GPUs), a blockwise
+  causal kernel on CPU; ``config.attention_impl`` forces one.
   """
   config: Any
 
@@ -176,8 +182,8 @@ class Attention(nn.Module):
     q = nn.with_logical_constraint(q, ('act_batch', 'act_length', 'act_heads', None))
     k = nn.with_logical_constraint(k, ('act_batch', 'act_length', 'act_kv_heads', None))
     v = nn.with_logical_constraint(v, ('act_batch', 'act_length', 'act_kv_heads', None))
-    out = jax.nn.dot_product_attention(q, k, v, is_causal=cfg.causal,
-                                       implementation=cfg.attention_impl)
+    out = attention.dot_product_attention(q, k, v, causal=cfg.causal,
+                                          implementation=cfg.attention_impl)
     out = nn.with_logical_constraint(out, ('act_batch', 'act_length', 'act_heads', None))
     return DenseGeneral((h, hd), (d,), ('heads', 'head_dim', 'embed'), bias, dtype,
                         name='out')(out)

@@ -53,6 +53,10 @@ class TotoTask:
   def validate(self) -> None:
     from launch.sharding import ConfigError
     m, d = self.config.model, self.config.data
+    try:  # geometry, sources (globs match, first record decodes), synthetic settings
+      token_data.validate_data_config(d)
+    except ValueError as e:  # the data module's messages already name the data.* field
+      raise ConfigError(str(e)) from None
     if m.arch not in ('llama', 'gpt2'):
       raise ConfigError(f"model.arch must be 'llama' or 'gpt2', got {m.arch!r}")
     if m.dim % m.num_heads:

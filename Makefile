@@ -1,0 +1,41 @@
+# Everything a fresh machine needs: python3, make and the package index.
+#   make demo   - synthetic token videos -> Toto tiny pre-training -> plots (< 10 min on 2 CPU cores)
+#   make test   - the whole test suite (8 simulated CPU devices)
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip --disable-pip-version-check
+DEMO_DIR ?= runs/demo
+
+.PHONY: demo test install install-test bench params clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+
+$(VENV)/.installed: setup.cfg pyproject.toml | $(BIN)/python
+	$(PIP) install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: setup.cfg pyproject.toml $(VENV)/.installed
+	$(PIP) install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+demo: install
+	$(BIN)/python -m launch.demo --workdir $(DEMO_DIR)
+
+test: install-test
+	$(BIN)/python -m pytest -q
+
+params: install
+	$(BIN)/python -m launch.params
+
+bench: install
+	$(BIN)/python -m launch.bench toto --config configs/toto.py:tiny
+	$(BIN)/python -m launch.bench toto --config configs/toto.py:base --seq_len 1024 --batch 1
+
+clean:
+	rm -rf $(VENV) runs *.egg-info
