@@ -174,26 +174,38 @@ def make_train_step(task, tx, param_shardings):
       return (grads_acc, sums), None
 
     accum = jax.tree_util.tree_leaves(batch)[0].shape[0]
-    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-    aux_shape = jax.eval_shape(lambda b: task.loss(params, b, step_rng),
-                               jax.tree_util.tree_map(lambda x: x[0], batch))
-    sums0 = {'loss': jnp.zeros((), jnp.float32),
-             **{k: jnp.zeros(v.shape, v.dtype) for k, v in aux_shape[1].items()}}
-    (grads, sums), _ = jax.lax.scan(micro, (zeros, sums0), (jnp.arange(accum), batch))
+    if accum == 1:  # no accumulation buffer: one pass over the parameters fewer
+      microbatch = jax.tree_util.tree_map(lambda x: x[0], batch)
+      (loss_sum, aux), grads = grad_fn(params, microbatch, jax.random.fold_in(step_rng, 0))
+      sums = {'loss': loss_sum, **aux}
+    else:
+      zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+      aux_shape = jax.eval_shape(lambda b: task.loss(params, b, step_rng),
+                                 jax.tree_util.tree_map(lambda x: x[0], batch))
+      sums0 = {'loss': jnp.zeros((), jnp.float32),
+               **{k: jnp.zeros(v.shape, v.dtype) for k, v in aux_shape[1].items()}}
+      (grads, sums), _ = jax.lax.scan(micro, (zeros, sums0), (jnp.arange(accum), batch))
     weight = jnp.maximum(sums['weight'], 1.0)
     grads = jax.tree_util.tree_map(lambda g: g / weight, grads)
     loss = sums['loss'] / weight
     grad_norm = optax.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
-    updates, new_opt = tx.update(grads, state['opt_state'], params)
-    new_params = optax.apply_updates(params, updates)
-    keep = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, old)
+    def apply(operands):
+      params, opt_state, grads = operands
+      updates, new_opt = tx.update(grads, opt_state, params)
+      return optax.apply_updates(params, updates), new_opt
+
+    def skip(operands):
+      params, opt_state, _ = operands
+      return params, opt_state
+
+    new_params, new_opt = jax.lax.cond(finite, apply, skip, (params, state['opt_state'], grads))
     step = state['step']
     new_state = {
         'step': step + 1,
-        'params': keep(new_params, params),
-        'opt_state': keep(new_opt, state['opt_state']),
+        'params': new_params,
+        'opt_state': new_opt,
         'nonfinite_count': state['nonfinite_count'] + (~finite).astype(jnp.int32),
         'first_nonfinite_step': jnp.where(
             (state['first_nonfinite_step'] < 0) & ~finite, step + 1, state['first_nonfinite_step']),

@@ -335,3 +335,29 @@ def test_logical_names_gpt2():
   assert tuple(leaves['layers/mlp/up/bias'].names) == ('layers', 'mlp')
   assert tuple(leaves['layers/attn_norm/bias'].names) == ('layers', 'embed')
   assert 'layers/mlp/gate/kernel' not in leaves
+
+
+@pytest.mark.parametrize('length, heads, kv_heads, block', [(300, 4, 2, 128), (64, 4, 4, 256),
+                                                             (257, 2, 1, 64)])
+def test_blockwise_attention_equals_reference(length, heads, kv_heads, block):
+  """The CPU attention path is exact: values and gradients equal jax.nn.dot_product_attention."""
+  from toto_jax.attention import blockwise_causal_attention
+  rng = np.random.default_rng(length)
+  q = jnp.asarray(rng.standard_normal((2, length, heads, 16)), jnp.float32)
+  k = jnp.asarray(rng.standard_normal((2, length, kv_heads, 16)), jnp.float32)
+  v = jnp.asarray(rng.standard_normal((2, length, kv_heads, 16)), jnp.float32)
+  ours = lambda q, k, v: blockwise_causal_attention(q, k, v, block=block)
+  ref = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True)
+  np.testing.assert_allclose(jax.jit(ours)(q, k, v), ref(q, k, v), atol=2e-5, rtol=1e-5)
+  loss = lambda f: lambda q, k, v: jnp.sum(jnp.sin(f(q, k, v)))
+  g_ours = jax.jit(jax.grad(loss(ours), argnums=(0, 1, 2)))(q, k, v)
+  g_ref = jax.grad(loss(ref), argnums=(0, 1, 2))(q, k, v)
+  for a, b in zip(g_ours, g_ref):
+    np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_attention_impl_names_are_checked():
+  from toto_jax.attention import dot_product_attention
+  q = jnp.zeros((1, 4, 2, 8))
+  with pytest.raises(ValueError, match='model.attention_impl'):
+    dot_product_attention(q, q, q, causal=True, implementation='flash')

