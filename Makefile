@@ -6,6 +6,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check
 DEMO_DIR ?= runs/demo
+# Transparent huge pages for glibc malloc: XLA:CPU allocates its large temporaries afresh every
+# step and otherwise spends a noticeable share of the step in page faults (see README).
+export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 
 .PHONY: demo test install install-test bench params clean
 
