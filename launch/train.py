@@ -403,7 +403,12 @@ def train(config, workdir: str, *, devices=None, stop_after_steps: int | None = 
 
     step = start_step
     last_time, last_step = None, step
+    # On resume, start from the last logged value of every metric (a finished run re-run then
+    # still reports its final loss).
     last_metrics: dict = {}
+    for record in metrics_lib.read_metrics(workdir) if start_step else ():
+      if record['step'] <= start_step:
+        last_metrics.update({k: v for k, v in record.items() if k not in ('step', 'time')})
     try:
       while step < t.total_steps:
         batch = placer(next(data_iter))
