@@ -252,6 +252,16 @@ def _is_ignorable(key: str) -> bool:
   return key.endswith('rotary_emb.inv_freq')
 
 
+def _check_present_with_shapes(arrays: dict, expected: dict, fn: str, what: str) -> None:
+  """Every expected name is present with its expected shape; errors name it and the shape."""
+  for key, shape in expected.items():
+    if key not in arrays:
+      raise ValueError(f'{fn}: missing {what} {key!r} (expected shape {shape})')
+    got = tuple(np.shape(arrays[key]))
+    if got != shape:
+      raise ValueError(f'{fn}: {what} {key!r} has shape {got}, expected shape {shape}')
+
+
 def params_from_hf(state_dict: Mapping[str, Any], config) -> dict:
   """Plain Toto params (float32 NumPy arrays) from a ``LlamaForCausalLM`` state dict.
 
@@ -267,12 +277,7 @@ def params_from_hf(state_dict: Mapping[str, Any], config) -> dict:
   expected = hf_shapes(config)
   tied = _tied(config)
 
-  for key, shape in expected.items():
-    if key not in state_dict:
-      raise ValueError(f'params_from_hf: missing key {key!r} (expected shape {shape})')
-    got = tuple(np.shape(state_dict[key]))
-    if got != shape:
-      raise ValueError(f'params_from_hf: key {key!r} has shape {got}, expected shape {shape}')
+  _check_present_with_shapes(state_dict, expected, 'params_from_hf', 'key')
   extra = sorted(k for k in state_dict if k not in expected and not _is_ignorable(k)
                  and not (tied and k == 'lm_head.weight'))
   if extra:
@@ -363,12 +368,7 @@ def params_to_hf(params, config) -> dict[str, np.ndarray]:
     params = params['params']
   flat = {'/'.join(k): v for k, v in flax.traverse_util.flatten_dict(dict(params)).items()}
   expected = toto_shapes(config)
-  for key, shape in expected.items():
-    if key not in flat:
-      raise ValueError(f'params_to_hf: missing param {key!r} (expected shape {shape})')
-    got = tuple(np.shape(flat[key]))
-    if got != shape:
-      raise ValueError(f'params_to_hf: param {key!r} has shape {got}, expected shape {shape}')
+  _check_present_with_shapes(flat, expected, 'params_to_hf', 'param')
   extra = sorted(set(flat) - set(expected))
   if extra:
     raise ValueError(f'params_to_hf: unexpected param(s) {extra}')
