@@ -66,6 +66,12 @@ def validate_config(config, task, devices, process_count: int = 1) -> None:
   for name in ('b1', 'b2'):
     if not 0 <= t[name] < 1:
       raise ConfigError(f'train.{name} must be in [0, 1), got {t[name]}')
+  if not 0 <= t.end_lr_ratio <= 1:
+    raise ConfigError(f'train.end_lr_ratio must be in [0, 1], got {t.end_lr_ratio}')
+  if t.weight_decay < 0:
+    raise ConfigError(f'train.weight_decay must be >= 0, got {t.weight_decay}')
+  if not t.eps > 0:
+    raise ConfigError(f'train.eps must be positive, got {t.eps}')
   if t.clip_norm < 0:
     raise ConfigError(f'train.clip_norm must be >= 0 (0 disables clipping), got {t.clip_norm}')
   if t.on_nonfinite not in ('error', 'skip'):

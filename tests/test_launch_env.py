@@ -1,0 +1,46 @@
+"""Multi-host detection and the demo pipeline end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from launch import distributed
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize('env, expected', [
+    ({}, False),
+    ({'SLURM_NTASKS': '1'}, False),
+    ({'SLURM_NTASKS': '4'}, True),
+    ({'OMPI_COMM_WORLD_SIZE': '2'}, True),
+    ({'TPU_WORKER_HOSTNAMES': 'w0'}, False),
+    ({'TPU_WORKER_HOSTNAMES': 'w0,w1,w2,w3'}, True),
+    ({'JAX_COORDINATOR_ADDRESS': '10.0.0.1:1234'}, True),
+])
+def test_multi_host_environment_detection(env, expected):
+  """jax.distributed.initialize() runs only where a launcher says there are peers."""
+  assert distributed.is_multi_host_environment(env) is expected
+
+
+def test_demo_runs_end_to_end(tmp_path):
+  """make demo's pipeline on a few steps: shards, training, plots, summary and the printout."""
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1')
+  workdir = tmp_path / 'demo'
+  out = subprocess.run([sys.executable, '-m', 'launch.demo', '--workdir', str(workdir),
+                        '--steps', '4'], cwd=REPO, env=env, capture_output=True, text=True,
+                       timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert 'outputs:' in out.stdout and 'ln(vocab)' in out.stdout
+  summary = json.loads((workdir / 'summary.json').read_text())
+  assert summary['steps'] == 4
+  assert summary['final_train_loss'] is not None and summary['final_eval_loss'] is not None
+  for name in ('loss.png', 'predictions.png'):
+    assert (workdir / name).stat().st_size > 10_000
+  assert (workdir / 'toto_tiny' / 'checkpoints' / '4').is_dir()
+  assert list((workdir / 'data' / 'synthetic').glob('*.array_record'))
