@@ -126,7 +126,7 @@ def check_divisible(abstract_params: Any, shardings: Any) -> None:
 # ------------------------------------------------------------------------------------------------
 
 def make_state_fns(task, tx):
-  """``init_state(rng)`` and the abstract (boxed) params for sharding."""
+  """``init_state(rng) -> state``: params (unboxed), optimizer state and the step counters."""
   def init_state(rng):
     params = shard_lib.unbox(task.init(rng))
     return {
