@@ -23,7 +23,11 @@ def _scalar(v):
 
 class MetricsLogger:
   """Appends ``{"step": ..., name: value}`` lines to ``WORKDIR/metrics.jsonl`` and mirrors them to
-  TensorBoard; drives a tqdm bar showing step, loss, tokens/s, MFU and ETA."""
+  TensorBoard; drives a tqdm bar showing step, loss, tokens/s, MFU and ETA.
+
+  On resume at ``start_step`` the records of steps after it (written before a crash, and about to
+  be redone) are dropped first, so the file holds each step once.
+  """
 
   def __init__(self, workdir: str, total_steps: int, start_step: int, *, tensorboard: bool = True,
                progress_bar: bool = True):
@@ -34,6 +38,7 @@ class MetricsLogger:
     if not self.enabled:
       return
     os.makedirs(workdir, exist_ok=True)
+    _truncate_after(self.path, start_step)
     if tensorboard:
       try:
         from tensorboardX import SummaryWriter
@@ -84,6 +89,27 @@ class MetricsLogger:
       self._bar.close()
     if self._writer is not None:
       self._writer.close()
+
+
+def _truncate_after(path: str, step: int) -> None:
+  """Atomically rewrites ``path`` without the records of steps after ``step`` (and torn lines)."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = f.readlines()
+  keep = []
+  for line in lines:
+    try:
+      if json.loads(line)['step'] <= step:
+        keep.append(line if line.endswith('\n') else line + '\n')
+    except (json.JSONDecodeError, KeyError, TypeError):
+      continue
+  if len(keep) == len(lines):
+    return
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    f.writelines(keep)
+  os.replace(tmp, path)
 
 
 def read_metrics(workdir: str) -> list[dict]:

@@ -435,8 +435,10 @@ def train(config, workdir: str, *, devices=None, stop_after_steps: int | None = 
                       'perf/flops_per_s': flops_per_step / dt,
                       'perf/mfu': flops_per_step / dt / total_peak})
           last_time, last_step = now, step
-          m['train/lr'] = float(optim.learning_rate_schedule(t)(step - 1))
-          m['train/skipped_steps'] = float(jax.device_get(state['nonfinite_count']))
+          # Skipped steps do not advance the optimizer's schedule: report the rate it last used.
+          skipped = int(jax.device_get(state['nonfinite_count']))
+          m['train/lr'] = float(optim.learning_rate_schedule(t)(max(step - skipped - 1, 0)))
+          m['train/skipped_steps'] = float(skipped)
           m.pop('train/finite', None)
           log.write(step, m)
           last_metrics.update(m)

@@ -44,3 +44,17 @@ def test_demo_runs_end_to_end(tmp_path):
     assert (workdir / name).stat().st_size > 10_000
   assert (workdir / 'toto_tiny' / 'checkpoints' / '4').is_dir()
   assert list((workdir / 'data' / 'synthetic').glob('*.array_record'))
+
+
+def test_resumed_metrics_log_drops_the_steps_being_redone(tmp_path):
+  """A run killed after logging step 7 but checkpointed at 5 redoes 6 and 7: one record each."""
+  from launch.metrics import MetricsLogger, read_metrics
+  path = tmp_path / 'metrics.jsonl'
+  lines = [json.dumps({'step': s, 'train/loss': 1.0 / s}) for s in range(1, 8)]
+  path.write_text('\n'.join(lines) + '\n{"step": 8, "train/lo')  # torn last line from the kill
+  log = MetricsLogger(str(tmp_path), total_steps=10, start_step=5, tensorboard=False,
+                      progress_bar=False)
+  log.write(6, {'train/loss': 0.5})
+  log.close()
+  assert [r['step'] for r in read_metrics(str(tmp_path))] == [1, 2, 3, 4, 5, 6]
+  assert read_metrics(str(tmp_path))[-1]['train/loss'] == 0.5

@@ -233,6 +233,10 @@ def test_sigkill_then_rerun_matches_uninterrupted_run(cli_reference, tmp_path, h
   assert helpers.train_losses(workdir) == ref_losses
   for step, loss in logged_before.items():
     assert loss == ref_losses[step], step
+  # The records the killed run wrote past its checkpoint were replaced, not duplicated.
+  from launch.metrics import read_metrics
+  logged = [r['step'] for r in read_metrics(str(workdir)) if 'train/loss' in r]
+  assert sorted(logged) == list(range(1, CLI_TOTAL + 1))
 
 
 def test_sigterm_checkpoints_exits_0_and_resumes(cli_reference, tmp_path, helpers):
