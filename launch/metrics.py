@@ -26,7 +26,8 @@ class MetricsLogger:
   TensorBoard; drives a tqdm bar showing step, loss, tokens/s, MFU and ETA.
 
   On resume at ``start_step`` the records of steps after it (written before a crash, and about to
-  be redone) are dropped first, so the file holds each step once.
+  be redone) are dropped first, so the file holds each step once; ``latest`` then holds the last
+  logged value of every metric up to ``start_step``.
   """
 
   def __init__(self, workdir: str, total_steps: int, start_step: int, *, tensorboard: bool = True,
@@ -35,10 +36,12 @@ class MetricsLogger:
     self.path = os.path.join(workdir, 'metrics.jsonl')
     self._writer = None
     self._bar = None
+    self.latest: dict = {}
     if not self.enabled:
       return
     os.makedirs(workdir, exist_ok=True)
-    _truncate_after(self.path, start_step)
+    for record in _truncate_after(self.path, start_step):
+      self.latest.update({k: v for k, v in record.items() if k not in ('step', 'time')})
     if tensorboard:
       try:
         from tensorboardX import SummaryWriter
@@ -91,25 +94,29 @@ class MetricsLogger:
       self._writer.close()
 
 
-def _truncate_after(path: str, step: int) -> None:
-  """Atomically rewrites ``path`` without the records of steps after ``step`` (and torn lines)."""
+def _truncate_after(path: str, step: int) -> list[dict]:
+  """Atomically rewrites ``path`` without the records of steps after ``step`` (and torn lines);
+  returns the records kept."""
   if not os.path.exists(path):
-    return
+    return []
   with open(path) as f:
     lines = f.readlines()
-  keep = []
+  keep, records = [], []
   for line in lines:
     try:
-      if json.loads(line)['step'] <= step:
+      record = json.loads(line)
+      if record['step'] <= step:
         keep.append(line if line.endswith('\n') else line + '\n')
+        records.append(record)
     except (json.JSONDecodeError, KeyError, TypeError):
       continue
   if len(keep) == len(lines):
-    return
+    return records
   tmp = path + '.tmp'
   with open(tmp, 'w') as f:
     f.writelines(keep)
   os.replace(tmp, path)
+  return records
 
 
 def read_metrics(workdir: str) -> list[dict]:

@@ -217,7 +217,7 @@ def make_train_step(task, tx, param_shardings):
             (state['first_nonfinite_step'] < 0) & ~finite, step + 1, state['first_nonfinite_step']),
     }
     metrics = {'train/loss': loss, 'train/grad_norm': grad_norm,
-               'train/param_norm': optax.global_norm(params), 'train/finite': finite}
+               'train/param_norm': optax.global_norm(params)}
     for k, v in sums.items():
       if k not in ('loss', 'weight'):
         metrics[f'train/{k}'] = v / weight
@@ -411,10 +411,7 @@ def train(config, workdir: str, *, devices=None, stop_after_steps: int | None = 
     last_time, last_step = None, step
     # On resume, start from the last logged value of every metric (a finished run re-run then
     # still reports its final loss).
-    last_metrics: dict = {}
-    for record in metrics_lib.read_metrics(workdir) if start_step else ():
-      if record['step'] <= start_step:
-        last_metrics.update({k: v for k, v in record.items() if k not in ('step', 'time')})
+    last_metrics: dict = dict(log.latest)
     try:
       while step < t.total_steps:
         batch = placer(next(data_iter))
@@ -439,7 +436,6 @@ def train(config, workdir: str, *, devices=None, stop_after_steps: int | None = 
           skipped = int(jax.device_get(state['nonfinite_count']))
           m['train/lr'] = float(optim.learning_rate_schedule(t)(max(step - skipped - 1, 0)))
           m['train/skipped_steps'] = float(skipped)
-          m.pop('train/finite', None)
           log.write(step, m)
           last_metrics.update(m)
         if eval_batches and config.eval.every_steps and (
