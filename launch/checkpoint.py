@@ -118,3 +118,52 @@ def write_config(workdir: str, config) -> None:
 def read_config_dict(workdir: str) -> dict:
   with open(os.path.join(workdir, 'config.json')) as f:
     return json.load(f)
+
+
+def load(workdir: str, step: int | None = None,
+         items: tuple[str, ...] = ('params', 'model_state')) -> dict[str, Any]:
+  """Config, parameters (and model state) of a run, as NumPy, without a mesh or an optimizer.
+
+  Returns ``{'config': ConfigDict, 'step': int, 'params': ..., 'model_state': ...}`` (the last
+  only when the run has one). ``step=None`` takes the newest checkpoint that can be read. Works on
+  any device count: arrays come back as host NumPy arrays whatever mesh saved them.
+  """
+  import ml_collections
+  import numpy as np
+
+  if not os.path.isdir(workdir):
+    raise FileNotFoundError(f'workdir {workdir!r} does not exist')
+  config_path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(config_path):
+    raise FileNotFoundError(f'{config_path} is missing: {workdir!r} is not a training workdir')
+  config = ml_collections.ConfigDict(read_config_dict(workdir))
+  ckpt = checkpoint_dir(workdir)
+  manager = ocp.CheckpointManager(
+      epath.Path(ckpt), options=ocp.CheckpointManagerOptions(read_only=True),
+      item_handlers={'state': ocp.PyTreeCheckpointHandler()})
+  try:
+    steps = sorted(manager.all_steps(), reverse=True)
+    if not steps:
+      raise FileNotFoundError(f'{ckpt} holds no checkpoint')
+    if step is not None:
+      if step not in steps:
+        raise FileNotFoundError(f'{ckpt} has no checkpoint at step {step}; it has {sorted(steps)}')
+      steps = [step]
+    errors = []
+    for s in steps:
+      try:
+        tree = manager.item_metadata(s)['state'].tree
+        wanted = {k: tree[k] for k in items if k in tree}
+        restore_args = jax.tree_util.tree_map(
+            lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
+        restored = manager.restore(s, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+            item=wanted, restore_args=restore_args, partial_restore=True)))['state']
+      except Exception as e:  # noqa: BLE001 - fall back to an older checkpoint, as training does
+        errors.append(f'step {s}: {type(e).__name__}: {e}')
+        logging.warning('checkpoint at step %d of %s is unreadable (%s); trying an older one',
+                        s, workdir, e)
+        continue
+      return {'config': config, 'step': int(s), **restored}
+    raise RuntimeError(f'no checkpoint in {ckpt} could be read:\n  ' + '\n  '.join(errors))
+  finally:
+    manager.close()

@@ -15,6 +15,7 @@ import jax
 # config.task -> "module:Class"
 REGISTRY = {
     'toto': 'toto_jax.task:TotoTask',
+    'vq_tokenizer': 'tokenizers_jax.task:VQTokenizerTask',
 }
 
 
@@ -32,7 +33,13 @@ class Task(Protocol):
   def loss(self, params: Any, batch: Mapping[str, jax.Array], rng: jax.Array
            ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """``(loss_sum, aux)`` over one microbatch; ``aux['weight']`` is what the sum is over
-    (tokens, examples), so accumulation over microbatches normalises exactly."""
+    (tokens, examples), so accumulation over microbatches normalises exactly. Every other aux
+    entry is a sum too and is logged divided by the weight.
+
+    A task with non-trainable variables (optional ``init_model_state(rng)``, e.g. an EMA
+    codebook) takes them as a fourth argument ``model_state`` and returns the updated ones as
+    ``aux['model_state']``; the trainer threads them through microbatches and checkpoints them.
+    """
 
   def batch_axes(self) -> dict[str, tuple[str | None, ...]]:
     """Logical axes of each batch array, leading dimension ``act_batch``."""

@@ -129,14 +129,22 @@ def make_state_fns(task, tx):
   """``init_state(rng) -> state``: params (unboxed), optimizer state and the step counters."""
   def init_state(rng):
     params = shard_lib.unbox(task.init(rng))
-    return {
+    state = {
         'step': jnp.zeros((), jnp.int32),
         'params': params,
         'opt_state': tx.init(params),
         'nonfinite_count': jnp.zeros((), jnp.int32),
         'first_nonfinite_step': jnp.full((), -1, jnp.int32),
     }
+    if has_model_state(task):
+      state['model_state'] = shard_lib.unbox(task.init_model_state(rng))
+    return state
   return init_state
+
+
+def has_model_state(task) -> bool:
+  """Whether the task keeps non-trainable variables (EMA codebooks, running statistics)."""
+  return hasattr(task, 'init_model_state')
 
 
 def state_shardings(task, tx, mesh, rules, rng) -> tuple[Any, Any]:
@@ -154,59 +162,89 @@ def state_shardings(task, tx, mesh, rules, rng) -> tuple[Any, Any]:
   abstract_state = jax.eval_shape(make_state_fns(task, tx), rng)
   shardings = {'step': rep, 'params': param_shardings, 'opt_state': opt_shardings,
                'nonfinite_count': rep, 'first_nonfinite_step': rep}
+  if has_model_state(task):
+    boxed = jax.eval_shape(task.init_model_state, rng)
+    shardings['model_state'] = nn.logical_to_mesh_sharding(
+        nn.get_partition_spec(boxed), mesh, rules)
   return abstract_state, shardings
+
+
+def _loss_with_state(task):
+  """``f(params, batch, rng, model_state) -> (loss_sum, (aux, new_model_state))`` for any task.
+
+  A task with non-trainable variables takes them as a fourth argument and returns the updated
+  ones as ``aux['model_state']``; for every other task the state is an empty dict passed through.
+  """
+  if not has_model_state(task):
+    def loss(params, batch, rng, model_state):
+      loss_sum, aux = task.loss(params, batch, rng)
+      return loss_sum, (aux, model_state)
+    return loss
+
+  def loss(params, batch, rng, model_state):
+    loss_sum, aux = task.loss(params, batch, rng, model_state)
+    aux = dict(aux)
+    return loss_sum, (aux, aux.pop('model_state'))
+  return loss
 
 
 def make_train_step(task, tx, param_shardings):
   """One optimizer step over ``batch`` shaped ``[accumulation, microbatch, ...]``.
 
-  A step whose loss or gradient norm is not finite is never applied (parameters and optimizer
-  state stay as they were); it is counted and its number recorded so the host can stop the run
-  naming it (``train.on_nonfinite='error'``) or go on (``'skip'``).
+  A step whose loss or gradient norm is not finite is never applied (parameters, optimizer state
+  and model state stay as they were); it is counted and its number recorded so the host can stop
+  the run naming it (``train.on_nonfinite='error'``) or go on (``'skip'``). Non-trainable model
+  state (e.g. an EMA codebook) is threaded through the microbatches in order.
   """
+  grad_fn = jax.value_and_grad(_loss_with_state(task), has_aux=True)
 
   def train_step(state, batch, rng):
     params = state['params']
+    model_state = state.get('model_state', {})
     step_rng = jax.random.fold_in(rng, state['step'])
-    grad_fn = jax.value_and_grad(task.loss, has_aux=True)
 
     def micro(carry, xs):
-      grads_acc, sums = carry
+      grads_acc, sums, model_state = carry
       index, microbatch = xs
-      (loss_sum, aux), grads = grad_fn(params, microbatch, jax.random.fold_in(step_rng, index))
+      (loss_sum, (aux, model_state)), grads = grad_fn(
+          params, microbatch, jax.random.fold_in(step_rng, index), model_state)
       grads_acc = jax.tree_util.tree_map(jnp.add, grads_acc, grads)
       grads_acc = jax.lax.with_sharding_constraint(grads_acc, param_shardings)
       sums = {k: sums[k] + v for k, v in {'loss': loss_sum, **aux}.items()}
-      return (grads_acc, sums), None
+      return (grads_acc, sums, model_state), None
 
     accum = jax.tree_util.tree_leaves(batch)[0].shape[0]
     if accum == 1:  # no accumulation buffer: one pass over the parameters fewer
       microbatch = jax.tree_util.tree_map(lambda x: x[0], batch)
-      (loss_sum, aux), grads = grad_fn(params, microbatch, jax.random.fold_in(step_rng, 0))
+      (loss_sum, (aux, new_model_state)), grads = grad_fn(
+          params, microbatch, jax.random.fold_in(step_rng, 0), model_state)
       sums = {'loss': loss_sum, **aux}
     else:
       zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-      aux_shape = jax.eval_shape(lambda b: task.loss(params, b, step_rng),
-                                 jax.tree_util.tree_map(lambda x: x[0], batch))
+      aux_shape = jax.eval_shape(
+          lambda b: _loss_with_state(task)(params, b, step_rng, model_state)[1][0],
+          jax.tree_util.tree_map(lambda x: x[0], batch))
       sums0 = {'loss': jnp.zeros((), jnp.float32),
-               **{k: jnp.zeros(v.shape, v.dtype) for k, v in aux_shape[1].items()}}
-      (grads, sums), _ = jax.lax.scan(micro, (zeros, sums0), (jnp.arange(accum), batch))
+               **{k: jnp.zeros(v.shape, v.dtype) for k, v in aux_shape.items()}}
+      (grads, sums, new_model_state), _ = jax.lax.scan(
+          micro, (zeros, sums0, model_state), (jnp.arange(accum), batch))
     weight = jnp.maximum(sums['weight'], 1.0)
     grads = jax.tree_util.tree_map(lambda g: g / weight, grads)
     loss = sums['loss'] / weight
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
     def apply(operands):
-      params, opt_state, grads = operands
+      params, opt_state, grads, _, new_model_state = operands
       updates, new_opt = tx.update(grads, opt_state, params)
-      return optax.apply_updates(params, updates), new_opt
+      return optax.apply_updates(params, updates), new_opt, new_model_state
 
     def skip(operands):
-      params, opt_state, _ = operands
-      return params, opt_state
+      params, opt_state, _, model_state, _ = operands
+      return params, opt_state, model_state
 
-    new_params, new_opt = jax.lax.cond(finite, apply, skip, (params, state['opt_state'], grads))
+    new_params, new_opt, new_model_state = jax.lax.cond(
+        finite, apply, skip, (params, state['opt_state'], grads, model_state, new_model_state))
     step = state['step']
     new_state = {
         'step': step + 1,
@@ -216,8 +254,10 @@ def make_train_step(task, tx, param_shardings):
         'first_nonfinite_step': jnp.where(
             (state['first_nonfinite_step'] < 0) & ~finite, step + 1, state['first_nonfinite_step']),
     }
+    if 'model_state' in state:
+      new_state['model_state'] = new_model_state
     metrics = {'train/loss': loss, 'train/grad_norm': grad_norm,
-               'train/param_norm': optax.global_norm(params)}
+               'train/param_norm': optax.tree.norm(params)}
     for k, v in sums.items():
       if k not in ('loss', 'weight'):
         metrics[f'train/{k}'] = v / weight
@@ -227,8 +267,10 @@ def make_train_step(task, tx, param_shardings):
 
 
 def make_eval_step(task):
-  def eval_step(params, batch):
-    loss_sum, aux = task.loss(params, batch, jax.random.key(0))
+  loss_fn = _loss_with_state(task)
+
+  def eval_step(params, model_state, batch):
+    loss_sum, (aux, _) = loss_fn(params, batch, jax.random.key(0), model_state)
     return {'loss': loss_sum, **aux}
   return eval_step
 
@@ -360,7 +402,8 @@ def train(config, workdir: str, *, devices=None, stop_after_steps: int | None = 
         out_shardings=(shardings, rep),
         donate_argnums=(0,))
     eval_step = jax.jit(make_eval_step(task), in_shardings=(
-        shardings['params'], {k: placer.sharding(k, ()) for k in task.batch_axes()}),
+        shardings['params'], shardings.get('model_state', rep),
+        {k: placer.sharding(k, ()) for k in task.batch_axes()}),
         out_shardings=rep)
     eval_batches = []
     if config.eval.every_steps and config.eval.batches:
@@ -391,7 +434,8 @@ def train(config, workdir: str, *, devices=None, stop_after_steps: int | None = 
     def run_eval(step: int) -> dict:
       sums: dict[str, float] = {}
       for b in eval_batches:
-        out = jax.device_get(eval_step(state['params'], placer.eval_batch(b)))
+        out = jax.device_get(eval_step(state['params'], state.get('model_state', {}),
+                                       placer.eval_batch(b)))
         for k, v in out.items():
           sums[k] = sums.get(k, 0.0) + float(v)
       w = max(sums.get('weight', 1.0), 1.0)
@@ -462,6 +506,8 @@ def train(config, workdir: str, *, devices=None, stop_after_steps: int | None = 
                     'checkpoints': ckpt_lib.checkpoint_dir(workdir),
                     'metrics_file': os.path.join(os.path.abspath(workdir), 'metrics.jsonl')})
     summary['final_params'] = state['params']
+    if 'model_state' in state:
+      summary['final_model_state'] = state['model_state']
     return summary
 
 

@@ -329,7 +329,7 @@ class _ImagesToSequence:
 # ----------------------------------------------------------------------------- pipelines
 
 
-def _derive_seed(*parts: int) -> int:
+def derive_seed(*parts: int) -> int:
   """A uint32 seed from a tuple of ints (independent streams per source/purpose)."""
   return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
 
@@ -337,7 +337,7 @@ def _derive_seed(*parts: int) -> int:
 _SALT_SHUFFLE, _SALT_WINDOW = 1, 2
 
 
-def _shard(ds: grain.MapDataset, where: str, process_index: int, process_count: int,
+def shard_for_process(ds: grain.MapDataset, where: str, process_index: int, process_count: int,
            need: int) -> grain.MapDataset:
   n = len(ds)
   ds = ds[process_index::process_count]
@@ -347,7 +347,7 @@ def _shard(ds: grain.MapDataset, where: str, process_index: int, process_count: 
   return ds
 
 
-def _ensure_absl_flags_parsed() -> None:
+def ensure_absl_flags_parsed() -> None:
   """Grain's worker processes read absl flags; outside ``app.run`` (tests, notebooks) use defaults."""
   from absl import flags  # pylint: disable=g-import-not-at-top
   if not flags.FLAGS.is_parsed():
@@ -376,7 +376,7 @@ def _finish(datasets: list[grain.MapDataset], specs: list[_SourceSpec], data_cfg
       it, grain.experimental.DatasetOptions(filter_raise_threshold_ratio=_SKIP_RAISE_RATIO))
   it = it.batch(batch_size, drop_remainder=True)
   if workers > 0:
-    _ensure_absl_flags_parsed()
+    ensure_absl_flags_parsed()
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
   return it
 
@@ -416,14 +416,14 @@ def build_train_dataset(data_cfg: ml_collections.ConfigDict, *, seed: int, proce
                            f'{where} ({len(ds)} records)')
         ds = ds[eval_records:]
     need = geo.frames if spec.kind == 'image' else 1
-    ds = _shard(ds, where, process_index, process_count, need)
-    ds = ds.shuffle(seed=_derive_seed(seed, k, _SALT_SHUFFLE))
+    ds = shard_for_process(ds, where, process_index, process_count, need)
+    ds = ds.shuffle(seed=derive_seed(seed, k, _SALT_SHUFFLE))
     if spec.kind == 'image':
       ds = ds.batch(geo.frames, drop_remainder=True, batch_fn=list)
       ds = ds.repeat(None).map(_ImagesToSequence(ctx))
     else:
       ds = ds.repeat(None).random_map(_VideoToSequence(ctx),
-                                      seed=_derive_seed(seed, k, _SALT_WINDOW))
+                                      seed=derive_seed(seed, k, _SALT_WINDOW))
     datasets.append(ds)
   return _finish(datasets, specs, data_cfg, batch_size,
                  _int_field(data_cfg, 'worker_count', 0, default=0))
@@ -467,7 +467,7 @@ def build_eval_dataset(data_cfg: ml_collections.ConfigDict, *, process_index: in
                      'data.sources.%s.eval_pattern); evaluating on training records',
                      spec.name, spec.name)
     need = geo.frames if spec.kind == 'image' else 1
-    ds = _shard(ds, where, process_index, process_count, need)
+    ds = shard_for_process(ds, where, process_index, process_count, need)
     if spec.kind == 'image':
       ds = ds.batch(geo.frames, drop_remainder=True, batch_fn=list)
       ds = ds.repeat(None, reseed_each_epoch=False).map(_ImagesToSequence(ctx))
