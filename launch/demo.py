@@ -1,10 +1,13 @@
-r"""The built-in demo: synthetic token videos -> shards -> Toto pre-training -> plots.
+r"""The built-in demo: video files -> a trained VQ tokenizer -> token shards -> Toto -> pictures.
 
-  python -m launch.demo [--workdir runs/demo] [--steps N]
+  python -m launch.demo [--workdir runs/demo] [--videos N] [--vq_steps N] [--steps N]
 
-1. writes synthetic token clips (objects moving over a textured token grid) as ArrayRecord shards;
-2. trains ``configs/toto.py:tiny`` on them through the one trainer (resumable: rerun to continue);
-3. plots the loss curves and the model's next-frame predictions, and prints where everything is.
+1. writes synthetic sprite videos as real ``.mp4`` files with labels (train and held-out splits);
+2. trains the VQ tokenizer ``configs/tokenizer.py:vq_tiny`` on their frames through the trainer;
+3. tokenizes every video with ``launch.tokenize`` into token shards (+ manifest), and measures the
+   tokenizer on held-out frames (PSNR, codebook usage; a reconstruction grid);
+4. trains ``configs/toto.py:tiny`` on the tokens and draws its next-frame predictions decoded back
+   to pixels (PNG + GIF). Every stage is resumable: rerun the command to continue.
 """
 
 from __future__ import annotations
@@ -39,15 +42,13 @@ def _plot_loss(records: list[dict], vocab: int, path: str) -> None:
   plt.close(fig)
 
 
-def _plot_predictions(config, params, path: str, clips: int = 3) -> float:
-  """Teacher-forced argmax predictions of every frame next to the truth; returns accuracy on
-  frames 2..T (the ones predictable from the past)."""
+def _predictions(config, params, tokenizer, out_dir: str, clips: int = 3) -> float:
+  """Teacher-forced argmax predictions of held-out clips, decoded to pixels next to the truth
+  (a PNG strip and a GIF); returns the token accuracy on frames 2..T (frame 1 has no past)."""
   import jax
   import jax.numpy as jnp
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
 
+  from tokenizers_jax import pictures
   from toto_jax import data as token_data
   from toto_jax.model import Toto
 
@@ -57,94 +58,171 @@ def _plot_predictions(config, params, path: str, clips: int = 3) -> float:
   logits = jax.jit(Toto(config.model).apply)({'params': params}, jnp.asarray(batch[:, :-1]))
   pred = np.asarray(jnp.argmax(logits[..., :config.model.vocab_size], -1))
   truth = token_data.tokens_to_codes(batch, d.frames, d.frame_h, d.frame_w)
-  guess_tokens = np.concatenate([batch[:, :1], pred], axis=1)
-  guess = token_data.tokens_to_codes(guess_tokens, d.frames, d.frame_h, d.frame_w)
+  guess = token_data.tokens_to_codes(np.concatenate([batch[:, :1], pred], axis=1), d.frames,
+                                     d.frame_h, d.frame_w)
   acc = float((guess[:, 1:] == truth[:, 1:]).mean())
-
-  cmap = plt.get_cmap('tab20')
-  def color(codes):
-    return cmap((np.where(codes < 0, 0, codes) * 7919 % 20) / 20.0)
-  fig, axes = plt.subplots(2 * clips, d.frames, figsize=(1.3 * d.frames, 2.7 * clips))
+  # A predicted id that is not a code (a marker) is shown as code 0.
+  guess = np.clip(guess, 0, tokenizer.codebook_size - 1)
+  rows, labels = [], []
   for c in range(clips):
-    for t in range(d.frames):
-      for row, (img, name) in enumerate(((truth, 'truth'), (guess, 'model'))):
-        ax = axes[2 * c + row, t]
-        ax.imshow(color(img[c, t]), interpolation='nearest')
-        ax.set_xticks([])
-        ax.set_yticks([])
-        if t == 0:
-          ax.set_ylabel(f'clip {c}\n{name}', fontsize=8)
-        if c == 0 and row == 0:
-          ax.set_title(f't={t}', fontsize=8)
-  fig.suptitle(f'Next-token predictions, one colour per code (accuracy on frames 2..{d.frames}: '
-               f'{acc:.1%}; frame 1 has no past)', fontsize=9)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+    rows += [tokenizer.decode(truth[c]), tokenizer.decode(guess[c])]
+    labels += [f'clip {c}: tokens', f'clip {c}: model']
+  pictures.clip_strip(rows, labels, os.path.join(out_dir, 'predictions.png'),
+                      title=f'Held-out clips: tokens decoded (upper), Toto\'s next-token '
+                            f'predictions from the true past decoded (lower)\ntoken accuracy on '
+                            f'frames 2..{d.frames}: {acc:.1%}')
+  frames = np.concatenate([rows[0], rows[1]], axis=2)  # truth | model, side by side
+  from tokenizers_jax import video as video_io
+  video_io.write_gif(os.path.join(out_dir, 'predictions.gif'), pictures._upscale(frames), fps=2)
   return acc
+
+
+def _heldout_tokenizer_report(tokenizer, val_dir: str, val_manifest: dict, out_png: str) -> dict:
+  """PSNR on held-out frames (two per video; a grid PNG of the first 16) and codebook usage over
+  every held-out token the tokenization job wrote."""
+  from array_record.python import array_record_data_source
+
+  from tokenizers_jax import pictures
+  from tokenizers_jax import video as video_io
+  from tokenizers_jax.vq import psnr
+  from toto_jax import shards
+
+  files = video_io.list_videos(val_dir)
+  frames = np.concatenate([video_io.read_clip(f, frames=2, stride=16,
+                                              resolution=tokenizer.resolution) for f in files])
+  recon = tokenizer.decode(tokenizer.encode(frames))
+  pictures.reconstruction_grid(frames[:16], recon[:16], out_png)
+  counts = np.zeros(tokenizer.codebook_size, np.int64)
+  folder = os.path.dirname(val_manifest['pattern'])
+  source = array_record_data_source.ArrayRecordDataSource(
+      [os.path.join(folder, f) for f in val_manifest['shard_files']])
+  for i in range(len(source)):
+    codes = shards.decode_record(source[i])['codes']
+    counts += np.bincount(codes.ravel(), minlength=tokenizer.codebook_size)
+  p = counts[counts > 0] / counts.sum()
+  return {'heldout_frames': int(frames.shape[0]),
+          'heldout_psnr_db': float(psnr(frames, recon).mean()),
+          'codes_used': int((counts > 0).sum()), 'codebook_size': tokenizer.codebook_size,
+          'code_perplexity': float(np.exp(-np.sum(p * np.log(p))))}
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--workdir', default='runs/demo')
-  parser.add_argument('--steps', type=int, default=None, help='training steps (default: config)')
+  parser.add_argument('--videos', type=int, default=768, help='synthetic training videos')
+  parser.add_argument('--val_videos', type=int, default=64, help='held-out videos')
+  parser.add_argument('--vq_steps', type=int, default=None, help='VQ steps (default: config)')
+  parser.add_argument('--steps', type=int, default=None, help='Toto steps (default: config)')
   args = parser.parse_args()
 
   import jax
 
+  from configs import tokenizer as tokenizer_configs
   from configs import toto
+  from launch import tokenize as tokenize_lib
   from launch import train as train_lib
   from launch.metrics import read_metrics
-  from toto_jax import synthetic
+  from tokenizers_jax import synthetic_video
 
   t0 = time.time()
-  config = toto.get_config('tiny')
-  d = config.data
-  data_dir = os.path.join(args.workdir, 'data', 'synthetic')
-  run_dir = os.path.join(args.workdir, 'toto_tiny')
+  work = args.workdir
+  videos = os.path.join(work, 'videos')
+  timings = {}
 
-  done_marker = os.path.join(data_dir, 'COMPLETE')
-  if not os.path.exists(done_marker):
-    print(f'[demo] writing {d.synthetic_clips} synthetic token clips '
-          f'({d.frames} frames of {d.frame_h}x{d.frame_w} codes) to {data_dir}', flush=True)
-    synthetic.write_synthetic_shards(data_dir, num_clips=d.synthetic_clips, frames=d.frames,
-                                     h=d.frame_h, w=d.frame_w, codebook_size=d.codebook_size,
-                                     seed=0, records_per_shard=256)
-    open(done_marker, 'w').close()
-  d.sources.synthetic.pattern = os.path.join(os.path.abspath(data_dir), '*.array_record')
+  # --- 1. videos ----------------------------------------------------------------------------------
+  print(f'[demo] 1/4 writing {args.videos} + {args.val_videos} synthetic sprite videos (.mp4) '
+        f'to {videos}', flush=True)
+  geometry = dict(frames=32, height=48, width=64, fps=8)
+  synthetic_video.write_synthetic_videos(videos, args.videos, seed=0, split_name='train',
+                                         **geometry)
+  synthetic_video.write_synthetic_videos(videos, args.val_videos, seed=1, split_name='val',
+                                         **geometry)
+  train_videos, val_videos = os.path.join(videos, 'train'), os.path.join(videos, 'val')
+  timings['videos_s'] = time.time() - t0
+
+  # --- 2. the VQ tokenizer ------------------------------------------------------------------------
+  t = time.time()
+  print('[demo] 2/4 training the VQ tokenizer (configs/tokenizer.py:vq_tiny)', flush=True)
+  vq_config = tokenizer_configs.get_config('vq_tiny')
+  vq_config.data.input, vq_config.data.eval_input = train_videos, val_videos
+  if args.vq_steps:
+    vq_config.train.total_steps = args.vq_steps
+    vq_config.train.warmup_steps = min(vq_config.train.warmup_steps, args.vq_steps // 5)
+  vq_dir = os.path.join(work, 'vq_tiny')
+  train_lib.train(vq_config, vq_dir)
+  timings['vq_train_s'] = time.time() - t
+
+  # --- 3. tokenize --------------------------------------------------------------------------------
+  t = time.time()
+  print('[demo] 3/4 tokenizing the videos into token shards', flush=True)
+  vq_config.tokenizer.weights = vq_dir
+  manifests = {}
+  for split, folder in (('train', train_videos), ('val', val_videos)):
+    manifests[split] = tokenize_lib.tokenize(vq_config, folder, os.path.join(work, 'tokens', split))
+  tokenizer = tokenize_lib.load_tokenizer(vq_config)
+  recon_png = os.path.join(work, 'reconstructions.png')
+  report = _heldout_tokenizer_report(tokenizer, val_videos, manifests['val'], recon_png)
+  timings['tokenize_s'] = time.time() - t
+
+  # --- 4. Toto on the tokens ----------------------------------------------------------------------
+  t = time.time()
+  print('[demo] 4/4 training Toto tiny on the video tokens', flush=True)
+  config = toto.get_config('tiny')
+  d, mt = config.data, manifests['train']
+  d.frames, d.frame_h, d.frame_w = mt['frames_per_clip'], mt['frame_h'], mt['frame_w']
+  d.codebook_size = mt['codebook_size']
+  config.model.vocab_size = mt['codebook_size'] + 4
+  config.model.max_len = d.frames * d.frame_h * d.frame_w + 1
+  d.sources = {'videos': {'pattern': mt['pattern'], 'eval_pattern': manifests['val']['pattern'],
+                          'weight': 1.0, 'kind': 'video'}}
   if args.steps:
     config.train.total_steps = args.steps
     config.train.warmup_steps = min(config.train.warmup_steps, args.steps // 5)
-
+  run_dir = os.path.join(work, 'toto_tiny')
   summary = train_lib.train(config, run_dir)
+  timings['toto_train_s'] = time.time() - t
   records = read_metrics(run_dir)
-  loss_png = os.path.join(args.workdir, 'loss.png')
-  pred_png = os.path.join(args.workdir, 'predictions.png')
+  loss_png = os.path.join(work, 'loss.png')
   _plot_loss(records, config.model.vocab_size, loss_png)
-  accuracy = _plot_predictions(config, jax.device_get(summary['final_params']), pred_png)
+  accuracy = _predictions(config, jax.device_get(summary['final_params']), tokenizer, work)
 
   m = summary['metrics']
   train_losses = [r['train/loss'] for r in records if 'train/loss' in r]
   result = {
-      'steps': summary['step'], 'first_train_loss': train_losses[0] if train_losses else None,
-      'final_train_loss': m.get('train/loss'), 'final_eval_loss': m.get('eval/loss'),
-      'ln_vocab': math.log(config.model.vocab_size),
-      'next_frame_token_accuracy': accuracy, 'tokens_per_s': m.get('perf/tokens_per_s'),
-      'mfu': m.get('perf/mfu'), 'wall_s': time.time() - t0,
+      'videos': {'train': args.videos, 'val': args.val_videos},
+      'tokenizer': report,
+      'tokens': {split: {k: mf[k] for k in ('clips', 'frames', 'tokens', 'hours', 'failed')}
+                 for split, mf in manifests.items()},
+      'toto': {'steps': summary['step'],
+               'first_train_loss': train_losses[0] if train_losses else None,
+               'final_train_loss': m.get('train/loss'), 'final_eval_loss': m.get('eval/loss'),
+               'ln_vocab': math.log(config.model.vocab_size),
+               'next_frame_token_accuracy': accuracy, 'tokens_per_s': m.get('perf/tokens_per_s'),
+               'mfu': m.get('perf/mfu')},
+      'timings_s': timings, 'wall_s': time.time() - t0,
   }
-  with open(os.path.join(args.workdir, 'summary.json'), 'w') as f:
+  with open(os.path.join(work, 'summary.json'), 'w') as f:
     json.dump(result, f, indent=2)
-  print('\n[demo] Toto tiny on synthetic token videos')
-  print(f"  loss {result['first_train_loss']:.3f} -> {result['final_train_loss']:.3f} (train), "
-        f"{result['final_eval_loss']:.3f} (held-out eval); ln(vocab) = {result['ln_vocab']:.3f}")
-  print(f"  next-frame token accuracy on held-out clips: {accuracy:.1%}")
-  print(f"  throughput {result['tokens_per_s']:.0f} tokens/s, MFU {result['mfu']:.1%}"
-        if result['tokens_per_s'] else '')
-  print(f'  outputs:\n    metrics      {summary["metrics_file"]}\n'
-        f'    tensorboard  {os.path.join(os.path.abspath(run_dir), "tensorboard")}\n'
-        f'    checkpoints  {summary["checkpoints"]}\n    plots        {os.path.abspath(loss_png)}, '
-        f'{os.path.abspath(pred_png)}\n    summary      '
-        f'{os.path.abspath(os.path.join(args.workdir, "summary.json"))}')
+  r, tt = report, result['toto']
+  print('\n[demo] synthetic sprite videos -> VQ tokenizer -> token shards -> Toto tiny')
+  print(f"  tokenizer: held-out PSNR {r['heldout_psnr_db']:.2f} dB over {r['heldout_frames']} "
+        f"frames; {r['codes_used']}/{r['codebook_size']} codes used (perplexity "
+        f"{r['code_perplexity']:.1f})")
+  print(f"  tokens:    {mt['clips']} train clips / {manifests['val']['clips']} held-out clips of "
+        f"{d.frames} frames x {d.frame_h}x{d.frame_w} codes ({mt['failed']} inputs failed)")
+  print(f"  Toto:      loss {tt['first_train_loss']:.3f} -> {tt['final_train_loss']:.3f} (train), "
+        f"{tt['final_eval_loss']:.3f} (held-out); ln(vocab) = {tt['ln_vocab']:.3f}; next-frame "
+        f"token accuracy {accuracy:.1%}")
+  print(f"  time:      {result['wall_s']:.0f} s (" + ', '.join(
+      f'{k[:-2]} {v:.0f} s' for k, v in timings.items()) + ')')
+  print(f'  outputs:\n    videos       {os.path.abspath(videos)}\n'
+        f'    tokens       {os.path.abspath(os.path.join(work, "tokens"))} (manifest.json)\n'
+        f'    tokenizer    {os.path.abspath(vq_dir)}\n'
+        f'    toto         {summary["checkpoints"]}, {summary["metrics_file"]}\n'
+        f'    pictures     {os.path.abspath(recon_png)}, {os.path.abspath(loss_png)},\n'
+        f'                 {os.path.abspath(os.path.join(work, "predictions.png"))}, '
+        f'{os.path.abspath(os.path.join(work, "predictions.gif"))}\n'
+        f'    summary      {os.path.abspath(os.path.join(work, "summary.json"))}')
 
 
 if __name__ == '__main__':
