@@ -1,5 +1,5 @@
 # Everything a fresh machine needs: python3, make and the package index.
-#   make demo   - synthetic token videos -> Toto tiny pre-training -> plots (< 10 min on 2 CPU cores)
+#   make demo   - sprite videos -> VQ tokenizer -> token shards -> Toto tiny -> pictures (< 10 min on 2 CPU cores)
 #   make test   - the whole test suite (8 simulated CPU devices)
 PYTHON ?= python3
 VENV   ?= .venv
@@ -39,6 +39,7 @@ params: install
 bench: install
 	$(BIN)/python -m launch.bench toto --config configs/toto.py:tiny
 	$(BIN)/python -m launch.bench toto --config configs/toto.py:base --seq_len 1024 --batch 1
+	$(BIN)/python -m launch.bench tokenizer --which all --resolution 128 --batch 16 --repeats 5
 
 clean:
 	rm -rf $(VENV) runs *.egg-info

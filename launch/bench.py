@@ -3,6 +3,7 @@ r"""Training-step benchmark: prints one JSON line with step time, tokens/s, FLOP
   python -m launch.bench toto --config configs/toto.py:base --seq_len 1024 --batch 1
   python -m launch.bench toto --config configs/toto.py:tiny
   python -m launch.bench torch_llama --config configs/toto.py:base --seq_len 1024   # needs torch
+  python -m launch.bench tokenizer [--which dvae|vq|job|all] [--resolution 128] [--batch 16]
 
 It times the trainer's own jitted step (forward, backward, clipping, AdamW, donation) on random
 tokens already on the devices, so the figure is the model and optimizer, not the input pipeline.
@@ -10,11 +11,17 @@ Peak FLOP/s: on CPU a large matmul is measured in the same process (the practica
 and TPUs the datasheet dense bf16 figure. Report medians; the machine is shared and noisy.
 ``torch_llama`` times the PyTorch ``transformers`` LlamaForCausalLM with AdamW at the same
 dimensions (torch and transformers are not dependencies of the project; install them to compare).
+``tokenizer`` times frame tokenization with random weights (one JSON line per item): the DALL-E
+dVAE encoder at its released sizes (``dvae``), the VQ tokenizer of ``configs/tokenizer.py:vq``
+(``vq``), and the whole ``launch.tokenize`` job (OpenCV decoding, encoding, shard writing) over
+synthetic 64-frame 160x128 videos (``job``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import platform
 import statistics
 import sys
@@ -142,13 +149,165 @@ def bench_torch_reference(config, seq_len: int | None, batch: int, steps: int,
 BENCHES = {'toto': bench_toto, 'torch_llama': bench_torch_reference}
 
 
+# ------------------------------------------------------------------------------------------------
+# Tokenizers (random weights: the speed does not depend on the values)
+# ------------------------------------------------------------------------------------------------
+
+def _tokenizer_record(which: str, resolution: int, batch: int, times: list[float],
+                      frames_per_call: int, note: str, **extra) -> dict:
+  """Fields shared by the tokenizer benches; ``frames_per_call`` frames are encoded per call."""
+  step = statistics.median(times)
+  return {
+      'bench': 'tokenizer', 'which': which, 'resolution': resolution, 'batch': batch, **extra,
+      'median_step_s': step, 'step_time_s_all': times, 'frames_per_s': frames_per_call / step,
+      'device': jax.devices()[0].platform, 'device_kind': jax.devices()[0].device_kind,
+      'cpu_count': os.cpu_count(), 'jax': jax.__version__, 'note': note,
+  }
+
+
+def _time_calls(fn, repeats: int) -> list[float]:
+  """``fn()`` once untimed (compilation), then ``repeats`` timed calls, each blocked on."""
+  jax.block_until_ready(fn())
+  times = []
+  for _ in range(max(repeats, 1)):
+    t = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t)
+  return times
+
+
+def _random_frames(batch: int, resolution: int) -> jax.Array:
+  frames = np.random.default_rng(0).integers(0, 256, (batch, resolution, resolution, 3), np.uint8)
+  return jax.device_put(frames)
+
+
+def bench_tokenizer_dvae(resolution: int = 128, batch: int = 16, repeats: int = 5,
+                         n_hid: int = 256) -> dict:
+  """DALL-E dVAE encoder (released sizes unless ``n_hid`` is smaller): uint8 frames -> codes."""
+  from tokenizers_jax import dvae
+  encoder = dvae.Encoder(n_hid=n_hid)
+  params = jax.jit(encoder.init)(jax.random.key(0),
+                                 jnp.zeros((1, resolution, resolution, 3)))['params']
+  frames = _random_frames(batch, resolution)
+  times = _time_calls(lambda: dvae.encode(params, frames, encoder), repeats)
+  return _tokenizer_record('dvae', resolution, batch, times, batch, 'random weights',
+                           n_hid=n_hid, codebook_size=encoder.vocab_size,
+                           grid=resolution // encoder.downsample)
+
+
+def _random_vq(variant: str, resolution: int):
+  """(VQConfig, params, codebook state) of ``configs/tokenizer.py:variant`` with random weights."""
+  from configs import tokenizer as tokenizer_config
+  from tokenizers_jax import vq
+  cfg = vq.VQConfig.from_config(tokenizer_config.get_config(variant).model)
+  init_rng, code_rng = jax.random.split(jax.random.key(0))
+  params = jax.jit(vq.VQVAE(cfg).init)(init_rng,
+                                       jnp.zeros((1, resolution, resolution, 3)))['params']
+  return cfg, params, vq.init_codebook_state(code_rng, cfg.codebook_size, cfg.embed_dim)
+
+
+def bench_tokenizer_vq(resolution: int = 128, batch: int = 16, repeats: int = 5,
+                       variant: str = 'vq') -> dict:
+  """The trainable VQ tokenizer (``configs/tokenizer.py:variant``): uint8 frames -> codes."""
+  from tokenizers_jax import vq
+  cfg, params, state = _random_vq(variant, resolution)
+  frames = _random_frames(batch, resolution)
+  times = _time_calls(lambda: vq.encode(cfg, params, state, frames), repeats)
+  return _tokenizer_record('vq', resolution, batch, times, batch, 'random weights',
+                           variant=variant, codebook_size=cfg.codebook_size,
+                           grid=resolution // cfg.downsample)
+
+
+@contextlib.contextmanager
+def _patched(module, name: str, value):
+  old = getattr(module, name)
+  setattr(module, name, value)
+  try:
+    yield
+  finally:
+    setattr(module, name, old)
+
+
+def bench_tokenizer_job(resolution: int = 128, batch: int = 16, repeats: int = 5,
+                        videos: int = 8, variant: str = 'vq', clip_frames: int | None = None,
+                        threads: int = 4) -> dict:
+  """``launch.tokenize.tokenize`` over synthetic videos, one fresh output folder per repeat.
+
+  The tokenizer is the VQ of ``configs/tokenizer.py:variant`` with random weights, handed to the
+  job by replacing ``launch.tokenize.load_tokenizer`` (the rest of the job is unchanged) and
+  compiled before the timed runs. Videos are 5:4 (160x128 at 128 px), long enough for one clip of
+  ``tokenize.frames`` frames at ``tokenize.stride``. ``batch`` is unused (the job's own
+  ``tokenize.batch_frames`` and the tokenizer's batch apply); it is reported as given.
+  """
+  import tempfile
+
+  from configs import tokenizer as tokenizer_config
+  from launch import tokenize as tokenize_lib
+  from tokenizers_jax import api
+  from tokenizers_jax import synthetic_video
+
+  config = tokenizer_config.get_config(variant)
+  config.data.resolution = resolution
+  if clip_frames:
+    config.tokenize.frames = clip_frames
+  tk = config.tokenize
+  video_frames = (tk.frames - 1) * tk.stride + 4   # 64 for the paper's 16 frames at stride 4
+  height = resolution
+  width = 2 * round(resolution * 5 / 8)            # even, for mp4
+  cfg, params, state = _random_vq(variant, resolution)
+  tokenizer = api.from_vq(cfg, params, state, resolution, name=f'{variant}-random')
+  tokenizer.encode(np.zeros((1, resolution, resolution, 3), np.uint8))  # compile
+  times, manifest = [], {}
+  with tempfile.TemporaryDirectory(prefix='bench_tokenizer_') as tmp:
+    synthetic_video.write_synthetic_videos(tmp, videos, frames=video_frames, height=height,
+                                           width=width, fps=8, seed=0, split_name='bench',
+                                           progress=False)
+    with _patched(tokenize_lib, 'load_tokenizer', lambda _config: tokenizer):
+      for r in range(max(repeats, 1)):
+        manifest = tokenize_lib.tokenize(config, os.path.join(tmp, 'bench'),
+                                         os.path.join(tmp, f'out{r}'), threads=threads,
+                                         progress_bar=False)
+        times.append(manifest['this_run']['seconds'])
+  step = statistics.median(times)
+  return _tokenizer_record(
+      'job', resolution, batch, times, manifest['frames'],
+      'random VQ weights; seconds are decoding + encoding + shard writing, tokenizer compiled '
+      'beforehand', variant=variant, videos=videos, clips=manifest['clips'],
+      frames=manifest['frames'], frames_per_clip=int(tk.frames), stride=int(tk.stride),
+      video_frames=video_frames, video_size=f'{width}x{height}', threads=threads,
+      batch_frames=int(tk.batch_frames), encoder_batch=tokenizer.batch_size,
+      failed=manifest['failed'], clips_per_s=manifest['clips'] / step)
+
+
+TOKENIZER_BENCHES = {'dvae': bench_tokenizer_dvae, 'vq': bench_tokenizer_vq,
+                     'job': bench_tokenizer_job}
+
+
+def bench_tokenizer(which: str = 'all', resolution: int = 128, batch: int = 16,
+                    repeats: int = 5) -> list[dict]:
+  """One record per tokenizer bench of ``which`` ('dvae', 'vq', 'job' or 'all'), printed as run."""
+  names = list(TOKENIZER_BENCHES) if which == 'all' else [which]
+  if any(n not in TOKENIZER_BENCHES for n in names):
+    raise ValueError(f"--which must be one of {sorted(TOKENIZER_BENCHES)} or 'all', got {which!r}")
+  results = []
+  for name in names:
+    results.append(TOKENIZER_BENCHES[name](resolution, batch, repeats))
+    print(json.dumps(results[-1]), flush=True)
+  return results
+
+
 def main(argv) -> None:
   from absl import flags
   fl = flags.FLAGS
+  if len(argv) >= 2 and argv[1] == 'tokenizer':
+    bench_tokenizer(fl.which, fl.resolution, fl.batch or 16, fl.repeats)
+    return
   if len(argv) < 2 or argv[1] not in BENCHES:
     raise SystemExit('usage: python -m launch.bench {toto|torch_llama} --config '
-                     'configs/toto.py:VARIANT [--seq_len N] [--batch B] [--steps S]')
-  result = BENCHES[argv[1]](fl.config, fl.seq_len, fl.batch, fl.steps, fl.warmup)
+                     'configs/toto.py:VARIANT [--seq_len N] [--batch B] [--steps S]\n'
+                     '       python -m launch.bench tokenizer [--which dvae|vq|job|all] '
+                     '[--resolution R] [--batch B] [--repeats N]')
+  result = BENCHES[argv[1]](fl.config, fl.seq_len, fl.batch or 1, fl.steps, fl.warmup)
   print(json.dumps(result), flush=True)
 
 
@@ -157,8 +316,13 @@ if __name__ == '__main__':
   from ml_collections import config_flags
   config_flags.DEFINE_config_file('config', None, 'configs/toto.py:VARIANT', lock_config=False)
   flags.DEFINE_integer('seq_len', None, 'Model input length (default: model.max_len).')
-  flags.DEFINE_integer('batch', 1, 'Sequences per step.')
+  flags.DEFINE_integer('batch', None, 'Sequences per step (default 1); tokenizer: frames per '
+                       'encoder call (default 16).')
   flags.DEFINE_integer('steps', 5, 'Timed steps (median reported).')
   flags.DEFINE_integer('warmup', 2, 'Untimed steps first (compilation).')
-  flags.mark_flags_as_required(['config'])
+  flags.DEFINE_enum('which', 'all', ['dvae', 'vq', 'job', 'all'], 'tokenizer: what to time.')
+  flags.DEFINE_integer('resolution', 128, 'tokenizer: frame side in pixels.')
+  flags.DEFINE_integer('repeats', 5, 'tokenizer: timed calls (job: runs), median reported.')
+  if sys.argv[1:2] != ['tokenizer']:
+    flags.mark_flags_as_required(['config'])
   app.run(main)
