@@ -29,21 +29,28 @@ def test_multi_host_environment_detection(env, expected):
 
 
 def test_demo_runs_end_to_end(tmp_path):
-  """make demo's pipeline on a few steps: shards, training, plots, summary and the printout."""
+  """make demo's pipeline, small: videos, VQ training, tokenization, Toto, pictures, summary."""
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1')
   workdir = tmp_path / 'demo'
   out = subprocess.run([sys.executable, '-m', 'launch.demo', '--workdir', str(workdir),
-                        '--steps', '4'], cwd=REPO, env=env, capture_output=True, text=True,
-                       timeout=600)
+                        '--videos', '16', '--val_videos', '4', '--vq_steps', '3', '--steps', '4'],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
-  assert 'outputs:' in out.stdout and 'ln(vocab)' in out.stdout
+  assert 'outputs:' in out.stdout and 'ln(vocab)' in out.stdout and 'PSNR' in out.stdout
   summary = json.loads((workdir / 'summary.json').read_text())
-  assert summary['steps'] == 4
-  assert summary['final_train_loss'] is not None and summary['final_eval_loss'] is not None
-  for name in ('loss.png', 'predictions.png'):
-    assert (workdir / name).stat().st_size > 10_000
+  assert summary['toto']['steps'] == 4
+  assert summary['toto']['final_train_loss'] is not None
+  assert summary['toto']['final_eval_loss'] is not None
+  assert summary['tokens']['train']['clips'] == 16 and summary['tokens']['val']['clips'] == 4
+  assert summary['tokens']['train']['failed'] == 0
+  assert 0 < summary['tokenizer']['codes_used'] <= summary['tokenizer']['codebook_size']
+  assert summary['tokenizer']['heldout_psnr_db'] > 5
+  for name in ('loss.png', 'predictions.png', 'reconstructions.png', 'predictions.gif'):
+    assert (workdir / name).stat().st_size > 5_000, name
+  assert len(list((workdir / 'videos' / 'train').glob('*.mp4'))) == 16
   assert (workdir / 'toto_tiny' / 'checkpoints' / '4').is_dir()
-  assert list((workdir / 'data' / 'synthetic').glob('*.array_record'))
+  assert (workdir / 'vq_tiny' / 'checkpoints' / '3').is_dir()
+  assert list((workdir / 'tokens' / 'train').glob('*.array_record'))
 
 
 def test_resumed_metrics_log_drops_the_steps_being_redone(tmp_path):
