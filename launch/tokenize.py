@@ -263,7 +263,9 @@ def tokenize(config, input_spec: str, output: str, *, process_index: int = 0,
         f'already finished; tokenizer {tokenizer.name} ({tokenizer.codebook_size} codes, '
         f'{tokenizer.grid}x{tokenizer.grid} per frame)', flush=True)
   start = time.perf_counter()
-  with tqdm(total=remaining_items, unit='input', disable=not progress_bar,
+  # One clip per input unless videos are cut into several: then the bar counts inputs.
+  unit = 'clip' if tk.max_clips_per_video == 1 else 'input'
+  with tqdm(total=remaining_items, unit=unit, disable=not progress_bar,
             dynamic_ncols=True, file=sys.stderr) as progress:
     for s in todo:
       tokenize_shard(tokenizer, items[s * per_shard:(s + 1) * per_shard], config, output,

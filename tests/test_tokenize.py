@@ -290,3 +290,23 @@ def test_interrupted_vq_run_resumes_to_the_same_codebook(vq_run, videos, tmp_pat
   for a, b in zip(jax.tree_util.tree_leaves(jax.device_get(resumed['final_params'])),
                   jax.tree_util.tree_leaves(jax.device_get(uninterrupted['final_params']))):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_pictures_reconstruction_grid_and_decoded_record(vq_run, videos, tmp_path):
+  from launch import pictures as pictures_cli
+  config, workdir, _ = vq_run
+  config = small_vq_config(*videos)
+  config.tokenizer.weights = workdir
+  png = str(tmp_path / 'recon.png')
+  psnr = pictures_cli.reconstruction_png(config, videos[1], png, count=4)
+  assert np.isfinite(psnr) and os.path.getsize(png) > 5_000
+  out = str(tmp_path / 'tokens')
+  tokenize_lib.tokenize(config, videos[1], out, progress_bar=False)
+  shard = sorted(glob.glob(os.path.join(out, '*.array_record')))[0]
+  frames = pictures_cli.decode_record(config, shard, 1, str(tmp_path / 'clip.gif'))
+  assert frames.shape == (3, RES, RES, 3) and frames.dtype == np.uint8
+  from PIL import Image
+  with Image.open(tmp_path / 'clip.gif') as gif:
+    assert gif.n_frames == 3
+  with pytest.raises(ValueError, match='records 0..1'):
+    pictures_cli.decode_record(config, shard, 7, str(tmp_path / 'x.gif'))
