@@ -19,26 +19,10 @@ import numpy as np
 import scipy.optimize
 
 from phalp_jax.io import Detections
+from phalp_jax.metrics import box_iou  # the one IoU (TrackEval's), re-exported here
 
 DEFAULT_CONF_THRESHOLD = 0.5
 DEFAULT_IOU_THRESHOLD = 0.3
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-  """IoU [N, M] between boxes ``a`` [N, 4] and ``b`` [M, 4] (x, y, w, h); 0 where the union is 0."""
-  a = np.asarray(a, np.float64).reshape(-1, 4)
-  b = np.asarray(b, np.float64).reshape(-1, 4)
-  ax0, ay0 = a[:, None, 0], a[:, None, 1]
-  ax1, ay1 = ax0 + a[:, None, 2], ay0 + a[:, None, 3]
-  bx0, by0 = b[None, :, 0], b[None, :, 1]
-  bx1, by1 = bx0 + b[None, :, 2], by0 + b[None, :, 3]
-  iw = np.clip(np.minimum(ax1, bx1) - np.maximum(ax0, bx0), 0, None)
-  ih = np.clip(np.minimum(ay1, by1) - np.maximum(ay0, by0), 0, None)
-  inter = iw * ih
-  area_a = np.clip(a[:, 2], 0, None) * np.clip(a[:, 3], 0, None)
-  area_b = np.clip(b[:, 2], 0, None) * np.clip(b[:, 3], 0, None)
-  union = area_a[:, None] + area_b[None, :] - inter
-  return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
 def track_iou(dets: Detections, conf_threshold: float = DEFAULT_CONF_THRESHOLD,
