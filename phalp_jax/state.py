@@ -4,7 +4,9 @@
 ``beta_xy``, ``beta_n`` and the gate ``beta_th``) next to the lifecycle and prediction settings;
 :meth:`PhalpParams.from_vector` / :meth:`PhalpParams.to_vector` map the five to a vector for
 Nelder-Mead fitting. :meth:`PhalpParams.knobs` turns every number the jitted code reads into traced
-arrays, so changing a beta never recompiles; only ``history`` (a shape) is static.
+arrays, so changing a beta never recompiles; only ``history`` (a shape) and ``lmc`` (whether the
+lookback merge check of :mod:`phalp_jax.lmc` is compiled in) are static. :mod:`phalp_jax.fit`
+fits the five by Nelder-Mead (``python -m launch.fit_phalp``).
 
 :class:`TrackerState` is a pytree of ``K`` slots per video (batched: a leading ``B``). A slot is
 free (``active`` False) or holds one tracklet: its aggregated appearance (Eq. 2.2), the last ``w``
@@ -65,6 +67,8 @@ class PhalpParams:
   xy_speed: float = 0.05     # box heights per frame: prior spread of the 2D velocity
   n_noise: float = 0.05      # nearness noise
   n_speed: float = 0.02      # nearness per frame: prior spread of the nearness velocity
+  lmc: bool = True           # LMC, the lookback merge check (section 2.7, phalp_jax.lmc)
+  lmc_th: float = 30.0       # LMC gate, product scale like beta_th: merge when cost <= log(lmc_th)
 
   def __post_init__(self):
     positive = {k: getattr(self, k) for k in VECTOR_FIELDS}
@@ -78,6 +82,11 @@ class PhalpParams:
       value = getattr(self, name)
       if int(value) != value or value < 1:
         raise ValueError(f'PhalpParams: {name} must be a positive integer, got {value!r}')
+    if not isinstance(self.lmc, (bool, np.bool_)):
+      raise ValueError(f'PhalpParams: lmc must be a bool, got {self.lmc!r}')
+    if not (math.isfinite(self.lmc_th) and self.lmc_th > 1):
+      raise ValueError(f'PhalpParams: lmc_th must be a finite number > 1 (product scale; the LMC '
+                       f'gate is log(lmc_th)), got {self.lmc_th!r}')
     if not 0 <= self.alpha0 <= 1:
       raise ValueError(f'PhalpParams: alpha0 must lie in [0, 1], got {self.alpha0!r}')
     if not 0 < self.interval < 1:
@@ -111,7 +120,7 @@ class PhalpParams:
                  beta_n=f(self.beta_n), gate=f(self.gate), alpha0=f(self.alpha0),
                  ridge=f(self.ridge), xy_noise=f(self.xy_noise), xy_speed=f(self.xy_speed),
                  n_noise=f(self.n_noise), n_speed=f(self.n_speed),
-                 n_init=jnp.asarray(self.n_init, jnp.int32),
+                 lmc_gate=f(math.log(self.lmc_th)), n_init=jnp.asarray(self.n_init, jnp.int32),
                  max_age=jnp.asarray(self.max_age, jnp.int32),
                  quantiles=jnp.asarray(quantile_table(self.history, self.interval)))
 
@@ -129,6 +138,7 @@ class Knobs(NamedTuple):
   xy_speed: jax.Array
   n_noise: jax.Array
   n_speed: jax.Array
+  lmc_gate: jax.Array   # log(lmc_th)
   n_init: jax.Array
   max_age: jax.Array
   quantiles: jax.Array  # [w + 1]: the interval quantile for a fit on n observations

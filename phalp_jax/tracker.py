@@ -10,7 +10,12 @@ Code <-> paper:
   Eq. 2.3-2.4 line fits with prediction intervals, pose by a pluggable predictor
   (:mod:`phalp_jax.predict`).
 * Cost (line 9, Eq. 2.5-2.10) and assignment (line 11): :mod:`phalp_jax.cost`; location terms
-  dropped across a shot change ("Extension to shot changes").
+  dropped across a shot change ("Extension to shot changes"; the shot index comes from
+  ``Detections.shot`` or ``Tracker.step(new_shot=...)``, e.g. from :mod:`phalp_jax.shots`).
+* LMC, the lookback merge check (section 2.7; ``PhalpParams.lmc``, on by default): a tracklet
+  that reaches ``w`` hits is merged into a lost one when its locations regressed back in time
+  and its appearance agree (:mod:`phalp_jax.lmc`; its Hungarian shares the frame's host
+  callback).
 * Update (lines 12-18): matched tracklets take the detection (aggregate appearance, push the
   observation into the ``w``-long history); unmatched ones age; unmatched detections start
   tentative tracklets; a tentative tracklet is confirmed after ``n_init`` hits and dies on its first
@@ -18,14 +23,16 @@ Code <-> paper:
   max_age``, "age >= t_max"). Detections under ``conf_threshold`` are ignored.
 
 Ids: a tracklet gets its public id when it is confirmed, 1, 2, ... in order of confirmation (ties
-in a frame by detection order), so ids are stable and dense and a tentative tracklet that dies
-uses none. Output rows ``(frame, id, x, y, w, h, conf)`` (float64, as
+in a frame by detection order), so ids are stable and a tentative tracklet that dies uses none.
+They are dense unless LMC merged a tracklet into an older one: the offline outputs then give all
+its rows the older id and its own id is never output (``Tracker.step`` rows carry it until the
+merge; ``Tracker.id_map``). Output rows ``(frame, id, x, y, w, h, conf)`` (float64, as
 :func:`phalp_jax.baseline.track_iou`) are the detections held by a confirmed tracklet in that
 frame, in frame order, then detection order.
 
 Two ways to run, same per-frame function (:func:`frame_step`: predict + cost, a
-``jax.pure_callback`` to :func:`phalp_jax.cost.assign` for the B Hungarians, update), identical
-outputs:
+``jax.pure_callback`` to :func:`phalp_jax.cost.assign` for the B Hungarians (and LMC's), update,
+LMC merges), identical outputs:
 
 * :class:`Tracker`: streaming, one video, one jitted call per frame (``step``); detections are
   padded to a bucket of 8, 16, 32, ... per frame to bound recompiles.
@@ -53,6 +60,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from phalp_jax import io as io_lib
+from phalp_jax import lmc as lmc_lib
 from phalp_jax.cost import assign, cost_matrix
 from phalp_jax.predict import (PosePredictor, aggregate_embedding, aggregate_uv, last_pose,
                                predict_location)
@@ -177,21 +185,36 @@ def _update(st: TrackerState, match: jax.Array, fr: FrameBatch, knobs: Knobs
 
 
 def frame_step(state: TrackerState, frame: FrameBatch, knobs: Knobs,
-               pose_predictor: PosePredictor = last_pose) -> tuple[TrackerState, jax.Array]:
+               pose_predictor: PosePredictor = last_pose, lmc: bool = False
+               ) -> tuple[TrackerState, jax.Array, jax.Array]:
   """One frame of B videos: predict + cost (vmapped), B Hungarians on the host, update (vmapped).
 
-  Returns the new batched state and ``[B, M]`` ids per detection (0: not output this frame).
+  With ``lmc`` (static) the same host callback also solves the LMC Hungarian and the merges are
+  applied after the update (:mod:`phalp_jax.lmc`). Returns the new batched state, ``[B, M]`` ids
+  per detection (0: not output this frame) and ``[B, K, 2]`` LMC merges ``(new id, old id)``
+  (zeros without LMC).
   """
   cost = jax.vmap(_cost, in_axes=(0, 0, None, None))(state, frame, knobs, pose_predictor)
-  track_ok = state.active & frame.live[:, None]
-  det_ok = frame.valid & frame.live[:, None]
-  match = jax.pure_callback(assign, jax.ShapeDtypeStruct(state.active.shape, jnp.int32),
-                            cost, track_ok, det_ok, knobs.gate)
-  new_state, out_ids = jax.vmap(_update, in_axes=(0, 0, 0, None))(state, match, frame, knobs)
   live = frame.live
+  track_ok = state.active & live[:, None]
+  det_ok = frame.valid & live[:, None]
+  slots = jax.ShapeDtypeStruct(state.active.shape, jnp.int32)
+  if lmc:
+    lmc_cost, new, old = lmc_lib.batch_cost(state, live, knobs)
+    match, merge = jax.pure_callback(lmc_lib.assign_with_lmc, (slots, slots), cost, track_ok,
+                                     det_ok, knobs.gate, lmc_cost, new, old, knobs.lmc_gate)
+  else:
+    match = jax.pure_callback(assign, slots, cost, track_ok, det_ok, knobs.gate)
+  new_state, out_ids = jax.vmap(_update, in_axes=(0, 0, 0, None))(state, match, frame, knobs)
+  if lmc:
+    new_state, merged = jax.vmap(lmc_lib.apply_merges, in_axes=(0, 0, None))(new_state, merge,
+                                                                           knobs)
+  else:
+    merged = jnp.zeros(state.active.shape + (2,), jnp.int32)
   keep = lambda new, old: jnp.where(live.reshape(live.shape + (1,) * (new.ndim - 1)), new, old)
   new_state = jax.tree_util.tree_map(keep, new_state, state)
-  return new_state, jnp.where(live[:, None], out_ids, 0)
+  return (new_state, jnp.where(live[:, None], out_ids, 0),
+          jnp.where(live[:, None, None], merged, 0))
 
 
 class _Tracks(NamedTuple):
@@ -201,20 +224,20 @@ class _Tracks(NamedTuple):
   bbox: jax.Array
 
 
-@functools.partial(jax.jit, static_argnames=('pose_predictor',))
-def _step_jit(state, frame, knobs, pose_predictor):
-  return frame_step(state, frame, knobs, pose_predictor)
+@functools.partial(jax.jit, static_argnames=('pose_predictor', 'lmc'))
+def _step_jit(state, frame, knobs, pose_predictor, lmc):
+  return frame_step(state, frame, knobs, pose_predictor, lmc)
 
 
-@functools.partial(jax.jit, static_argnames=('pose_predictor', 'emit_tracks'))
-def _scan_jit(state, frames, knobs, pose_predictor, emit_tracks):
+@functools.partial(jax.jit, static_argnames=('pose_predictor', 'emit_tracks', 'lmc'))
+def _scan_jit(state, frames, knobs, pose_predictor, emit_tracks, lmc):
   def body(st, fr):
-    st, ids = frame_step(st, fr, knobs, pose_predictor)
+    st, ids, merged = frame_step(st, fr, knobs, pose_predictor, lmc)
     tracks = None
     if emit_tracks:
       shown = st.confirmed
       tracks = _Tracks(jnp.where(shown, st.track_id, 0), st.time_since_update, st.bbox)
-    return st, (ids, tracks)
+    return st, (ids, merged, tracks)
   return jax.lax.scan(body, state, frames)
 
 
@@ -331,6 +354,14 @@ def _pack(videos: Sequence[_Video], width: int, batch: int, frames: int) -> Fram
                     pose=pose, loca=loca, uv=uv)
 
 
+def _relabel_rows(rows: np.ndarray, id_map: Mapping[int, int]) -> np.ndarray:
+  """Track rows with LMC's merged-away ids replaced by the surviving ones."""
+  if id_map and len(rows):
+    rows = rows.copy()
+    rows[:, 1] = lmc_lib.relabel(rows[:, 1].astype(np.int64), id_map)
+  return rows
+
+
 def _rows(video: _Video, ids: np.ndarray) -> np.ndarray:
   """Track rows of one video from its ``[T, M]`` ids per padded detection."""
   d, r = video.dets, video.rows
@@ -386,18 +417,20 @@ def track_batch(detections: Sequence[io_lib.Detections], params: PhalpParams | N
     first = group[0].dets
     state = init_state(k, params.history, first.appe.shape[1], first.pose.shape[1],
                        _uv_shape(first.uv), batch=batch)
-    final, (ids, snaps) = _scan_jit(state, frames, knobs, pose_predictor, return_tracks)
-    ids, overflow = jax.device_get((ids, final.overflow))
+    final, (ids, merged, snaps) = _scan_jit(state, frames, knobs, pose_predictor, return_tracks,
+                                            params.lmc)
+    ids, merged, overflow = jax.device_get((ids, merged, final.overflow))
     snaps = jax.device_get(snaps)
     again = []
     for pos, i in enumerate(todo):
       if overflow[pos]:
         again.append(i)
         continue
-      results[i] = _rows(videos[i], ids[:, pos])
+      id_map = lmc_lib.id_map(lmc_lib.pairs_of(merged[:, pos]))
+      results[i] = _relabel_rows(_rows(videos[i], ids[:, pos]), id_map)
       if return_tracks:
         n_t = videos[i].dets.num_frames
-        tracks[i] = {'track_id': snaps.track_id[:n_t, pos],
+        tracks[i] = {'track_id': lmc_lib.relabel(snaps.track_id[:n_t, pos], id_map),
                      'time_since_update': snaps.time_since_update[:n_t, pos],
                      'bbox': snaps.bbox[:n_t, pos]}
     if again and (not grow or 2 * k > max_capacity):
@@ -457,6 +490,13 @@ class Tracker:
     self._t = 0
     self._shot = 0
     self._sizes: tuple | None = None
+    self._merges: list[tuple[int, int]] = []
+
+  @property
+  def id_map(self) -> dict[int, int]:
+    """LMC merges so far: ``{merged-away id: surviving id}``. Rows ``step`` returned before a
+    merge carry the merged-away id; :meth:`track` relabels them."""
+    return lmc_lib.id_map(self._merges)
 
   @property
   def frame(self) -> int:
@@ -496,7 +536,9 @@ class Tracker:
 
     ``frame_dets``: an :class:`io.Detections` holding one frame's rows, a :class:`Frame` or a
     mapping with its fields. ``t`` defaults to the Detections' frame or the next frame number;
-    ``new_shot`` marks a shot change at this frame (location terms are dropped).
+    ``new_shot`` marks a shot change at this frame (location terms are dropped), e.g. from
+    :class:`phalp_jax.shots.ShotDetector`. With LMC, a merged tracklet's earlier rows keep the id
+    they were returned with (see :attr:`id_map`).
     """
     fr, det_t = self._as_frame(frame_dets)
     t = self._t if t is None and det_t is None else (det_t if t is None else int(t))
@@ -526,13 +568,15 @@ class Tracker:
         appe=pad(fr.appe, np.float32)[None], pose=pad(fr.pose, np.float32)[None],
         loca=pad(fr.loca, np.float32)[None], uv=_pad_rows(uv, width, np.float32)[None])
     while True:
-      state, ids = _step_jit(self.state, batch, self._knobs, self.pose_predictor)
-      ids, overflow = jax.device_get((ids, state.overflow))
+      state, ids, merged = _step_jit(self.state, batch, self._knobs, self.pose_predictor,
+                                     self.params.lmc)
+      ids, merged, overflow = jax.device_get((ids, merged, state.overflow))
       if not overflow[0]:
         break
       self.capacity *= 2
       self.state = grow_state(self.state, self.capacity)
     self.state = state
+    self._merges.extend(lmc_lib.pairs_of(merged[0]))
     self._t = t + 1
     got = ids[0, :len(rows)]
     keep = got > 0
@@ -551,7 +595,7 @@ class Tracker:
       new_shot = t > 0 and shots[t] != shots[t - 1]
       out.append(self.step(dets.select(index), t=t, new_shot=new_shot))
     out = [r for r in out if len(r)]
-    return np.concatenate(out) if out else np.zeros((0, 7))
+    return _relabel_rows(np.concatenate(out), self.id_map) if out else np.zeros((0, 7))
 
   def tracks(self) -> dict[str, np.ndarray]:
     """The live tracklets (active slots): id (0 while tentative), confirmed, hits,
