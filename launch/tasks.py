@@ -16,6 +16,7 @@ import jax
 REGISTRY = {
     'toto': 'toto_jax.task:TotoTask',
     'vq_tokenizer': 'tokenizers_jax.task:VQTokenizerTask',
+    'phalp_pose': 'phalp_jax.pose_task:PosePredictorTask',
 }
 
 

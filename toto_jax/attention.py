@@ -61,16 +61,24 @@ def blockwise_causal_attention(q: jax.Array, k: jax.Array, v: jax.Array,
 
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool,
-                          implementation: str | None = None) -> jax.Array:
+                          implementation: str | None = None,
+                          key_mask: jax.Array | None = None) -> jax.Array:
   """Softmax attention with the implementation chosen by name, or by backend when ``None``:
-  ``blockwise`` for causal attention on CPU, ``jax.nn.dot_product_attention`` elsewhere."""
+  ``blockwise`` for causal attention on CPU, ``jax.nn.dot_product_attention`` elsewhere.
+
+  ``key_mask`` (bool ``[batch, keys]``) hides keys from every query (missing tokens); each query
+  must see at least one key. It goes through ``jax.nn.dot_product_attention``.
+  """
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(f'model.attention_impl must be one of {IMPLEMENTATIONS}, '
                      f'got {implementation!r}')
-  if implementation is None and causal and jax.default_backend() == 'cpu':
+  if implementation is None and causal and jax.default_backend() == 'cpu' and key_mask is None:
     implementation = 'blockwise'
   if implementation == 'blockwise':
-    if not causal:
-      raise ValueError("model.attention_impl='blockwise' is for causal attention only")
+    if not causal or key_mask is not None:
+      raise ValueError("model.attention_impl='blockwise' is for causal attention without a key "
+                       "mask only")
     return blockwise_causal_attention(q, k, v)
-  return jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation=implementation)
+  mask = None if key_mask is None else key_mask[:, None, None, :]  # [batch, heads, q, k]
+  return jax.nn.dot_product_attention(q, k, v, is_causal=causal, mask=mask,
+                                      implementation=implementation)
