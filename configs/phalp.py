@@ -15,7 +15,9 @@ Train on your own pose sequences: a folder of canonical ``.npz`` detection files
       --config.data.input=DIR --config.data.eval_input=HELD_OUT_DIR --config.model.pose_dim=229
 
 Use it in the tracker: ``phalp_jax.pose.load_pose_predictor('runs/pose_predictor')`` (an empty
-workdir gives the last-observation predictor).
+workdir gives the last-observation predictor), or from the command line
+``python -m launch.track --config configs/phalp.py --config.tracker.pose_predictor=runs/pose_predictor
+--input DETECTIONS --output DIR``; the ``tracker`` block holds the tracker's settings.
 
 Variants:
 
@@ -100,4 +102,11 @@ def get_config(arg: str = 'pose_predictor') -> ml_collections.ConfigDict:
     config.log.every_steps = 10
     config.eval.every_steps = 50
     config.eval.batches = 2
+  # The tracker (python -m launch.track --config configs/phalp.py): every PhalpParams field with
+  # the released defaults (phalp_jax/state.py), the slot count, and a pose-predictor workdir.
+  import dataclasses
+  from phalp_jax.state import PhalpParams
+  config.tracker = ml_collections.ConfigDict(dataclasses.asdict(PhalpParams()))
+  config.tracker.capacity = 32
+  config.tracker.pose_predictor = ''   # a training workdir of this config; '' = last observation
   return config

@@ -48,6 +48,7 @@ import logging
 import os
 import pickle
 import tempfile
+import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -271,7 +272,7 @@ def load_npz(path: str | os.PathLike) -> Detections:
   try:
     with np.load(path, allow_pickle=False) as data:
       fields = {k: data[k] for k in data.files}
-  except (OSError, ValueError) as e:
+  except (OSError, ValueError, zipfile.BadZipFile) as e:
     raise ValueError(f'{path}: not a readable .npz detection file ({e})') from e
   for name in REQUIRED_FIELDS:
     if name not in fields:
