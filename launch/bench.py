@@ -15,6 +15,16 @@ dimensions (torch and transformers are not dependencies of the project; install 
 dVAE encoder at its released sizes (``dvae``), the VQ tokenizer of ``configs/tokenizer.py:vq``
 (``vq``), and the whole ``launch.tokenize`` job (OpenCV decoding, encoding, shard writing) over
 synthetic 64-frame 160x128 videos (``job``).
+
+  python -m launch.bench phalp [--batches 1,16,64] [--capacity 32] [--detections 20] \
+      [--frames 200] [--repeats 3] [--reference] [--lmc]
+
+``phalp`` times the PHALP tracker (``phalp_jax.tracker.track_batch``: predict, cost, the B host
+Hungarians, update) on B synthetic videos of about ``--detections`` usable detections per frame,
+one JSON line per B; compilation is excluded (one untimed call first). ``--reference`` also times
+the per-track NumPy implementation ``phalp_jax.reference`` on the same videos (B <= 16: it is
+slow), checks that its rows equal the tracker's and reports the speed ratio. LMC is off unless
+``--lmc`` (the reference has none; the ratio is only reported without it).
 """
 
 from __future__ import annotations
@@ -296,17 +306,110 @@ def bench_tokenizer(which: str = 'all', resolution: int = 128, batch: int = 16,
   return results
 
 
+# ------------------------------------------------------------------------------------------------
+# PHALP tracker
+# ------------------------------------------------------------------------------------------------
+
+PHALP_REFERENCE_MAX_BATCH = 16  # the NumPy reference takes ~ms per video-frame: time B <= 16
+
+
+def phalp_scenes(videos: int, detections: int, frames: int, seed: int = 0
+                 ) -> tuple[list, int]:
+  """``videos`` synthetic scenes (``io.Detections``) of about ``detections`` usable detections per
+  frame, and the number of people in each.
+
+  The 'medium' preset (misses, false positives, a shot cut from 21 frames on, people leaving and
+  re-entering) without occlusion (which caps a 1280x720 view at ~10 detections); the number of
+  people is scaled from a probe scene so that the detections at the tracker's confidence threshold
+  come out near the target.
+  """
+  from phalp_jax import io as phalp_io
+  from phalp_jax import synthetic
+  from phalp_jax.state import PhalpParams
+
+  threshold = PhalpParams().conf_threshold
+  cfg = lambda people: synthetic.get_config('medium', num_frames=frames, people=people,
+                                            occlusion=False, shot_cuts=int(frames >= 21))
+  probe = synthetic.make_scene(cfg(detections), seed=(seed, 10_000))
+  rate = max(np.sum(probe['conf'] >= threshold) / frames / detections, 1e-3)
+  people = max(1, round(detections / rate))
+
+  def dets(scene):
+    keys = ('frame', 'bbox', 'conf', 'appe', 'pose', 'loca', 'gt_id')
+    return phalp_io.Detections(**{k: scene[k] for k in keys},
+                               image_size=tuple(scene['image_size']), shot=scene['shot'],
+                               num_frames=frames, source=f'synthetic-medium-{people}p')
+
+  return [dets(synthetic.make_scene(cfg(people), seed=(seed, i))) for i in range(videos)], people
+
+
+def bench_phalp(batches: tuple[int, ...] = (1, 16, 64), capacity: int = 32, detections: int = 20,
+                frames: int = 200, repeats: int = 3, reference: bool = False,
+                lmc: bool = False) -> list[dict]:
+  """One record per B (printed as run): ``track_batch`` wall time per video-frame, compiled
+  beforehand; with ``reference`` the NumPy reference's on the same videos (B <= 16), the ratio
+  and whether their rows are equal."""
+  from phalp_jax import reference as reference_lib
+  from phalp_jax import tracker
+  from phalp_jax.state import PhalpParams
+
+  params = PhalpParams(lmc=lmc)
+  scenes, people = phalp_scenes(max(batches), detections, frames)
+  usable = [int(np.sum(d.conf >= params.conf_threshold)) for d in scenes]
+  results = []
+  for b in batches:
+    videos = scenes[:b]
+    run = lambda: tracker.track_batch(videos, params, capacity, grow=False)
+    rows = run()  # compiles; grow=False: a capacity overflow raises instead of re-running
+    times = []
+    for _ in range(max(repeats, 1)):
+      t = time.perf_counter()
+      run()
+      times.append(time.perf_counter() - t)
+    wall = statistics.median(times)
+    video_frames = b * frames
+    record = {
+        'bench': 'phalp_track_batch', 'videos': b, 'frames': frames, 'capacity': capacity,
+        'lmc': lmc, 'detections_per_frame': sum(len(d) for d in videos) / video_frames,
+        'usable_detections_per_frame': sum(usable[:b]) / video_frames,
+        'people': people, 'median_wall_s': wall, 'wall_s_all': times,
+        'ms_per_video_frame': 1e3 * wall / video_frames,
+        'video_frames_per_s': video_frames / wall, 'frames_per_s_per_video': frames / wall,
+        'device': jax.devices()[0].platform, 'cpu_count': os.cpu_count(), 'jax': jax.__version__,
+    }
+    if reference and b <= PHALP_REFERENCE_MAX_BATCH and not lmc:
+      t = time.perf_counter()
+      ref_rows = reference_lib.track_batch(videos, params)
+      ref_wall = time.perf_counter() - t
+      record.update({
+          'reference_wall_s': ref_wall,
+          'reference_ms_per_video_frame': 1e3 * ref_wall / video_frames,
+          'reference_over_jax': ref_wall / wall,
+          'reference_rows_equal': all(np.array_equal(x, y) for x, y in zip(rows, ref_rows)),
+      })
+    results.append(record)
+    print(json.dumps(record), flush=True)
+  return results
+
+
 def main(argv) -> None:
   from absl import flags
   fl = flags.FLAGS
   if len(argv) >= 2 and argv[1] == 'tokenizer':
     bench_tokenizer(fl.which, fl.resolution, fl.batch or 16, fl.repeats)
     return
+  if len(argv) >= 2 and argv[1] == 'phalp':
+    batches = tuple(int(b) for b in fl.batches.split(',') if b.strip())
+    bench_phalp(batches, fl.capacity, fl.detections, fl.frames,
+                fl.repeats if fl['repeats'].present else 3, fl.reference, fl.lmc)
+    return
   if len(argv) < 2 or argv[1] not in BENCHES:
     raise SystemExit('usage: python -m launch.bench {toto|torch_llama} --config '
                      'configs/toto.py:VARIANT [--seq_len N] [--batch B] [--steps S]\n'
                      '       python -m launch.bench tokenizer [--which dvae|vq|job|all] '
-                     '[--resolution R] [--batch B] [--repeats N]')
+                     '[--resolution R] [--batch B] [--repeats N]\n'
+                     '       python -m launch.bench phalp [--batches 1,16,64] [--capacity K] '
+                     '[--detections D] [--frames T] [--repeats N] [--reference] [--lmc]')
   result = BENCHES[argv[1]](fl.config, fl.seq_len, fl.batch or 1, fl.steps, fl.warmup)
   print(json.dumps(result), flush=True)
 
@@ -322,7 +425,14 @@ if __name__ == '__main__':
   flags.DEFINE_integer('warmup', 2, 'Untimed steps first (compilation).')
   flags.DEFINE_enum('which', 'all', ['dvae', 'vq', 'job', 'all'], 'tokenizer: what to time.')
   flags.DEFINE_integer('resolution', 128, 'tokenizer: frame side in pixels.')
-  flags.DEFINE_integer('repeats', 5, 'tokenizer: timed calls (job: runs), median reported.')
-  if sys.argv[1:2] != ['tokenizer']:
+  flags.DEFINE_integer('repeats', 5, 'tokenizer: timed calls (job: runs), median reported; '
+                       'phalp: timed track_batch calls (default 3).')
+  flags.DEFINE_string('batches', '1,16,64', 'phalp: comma-separated numbers of videos B.')
+  flags.DEFINE_integer('capacity', 32, 'phalp: tracklet slots K per video.')
+  flags.DEFINE_integer('detections', 20, 'phalp: target usable detections per frame.')
+  flags.DEFINE_integer('frames', 200, 'phalp: frames per video.')
+  flags.DEFINE_bool('reference', False, 'phalp: also time the NumPy reference (B <= 16).')
+  flags.DEFINE_bool('lmc', False, 'phalp: run the tracker with LMC (no reference comparison).')
+  if sys.argv[1:2] not in (['tokenizer'], ['phalp']):
     flags.mark_flags_as_required(['config'])
   app.run(main)
