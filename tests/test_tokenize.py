@@ -310,3 +310,17 @@ def test_pictures_reconstruction_grid_and_decoded_record(vq_run, videos, tmp_pat
     assert gif.n_frames == 3
   with pytest.raises(ValueError, match='records 0..1'):
     pictures_cli.decode_record(config, shard, 7, str(tmp_path / 'x.gif'))
+
+
+from test_readers import tfds_dir  # noqa: E402,F401  (a 6-image TFDS split built without TF)
+
+
+def test_job_on_a_tfds_split(tfds_dir, tmp_path, random_tokenizer, videos):  # noqa: F811
+  config = small_vq_config(*videos)
+  config.data.tfds_data_dir = tfds_dir
+  out = str(tmp_path / 'tfds_tokens')
+  m = tokenize_lib.tokenize(config, 'tfds:reader_test_images/train', out, progress_bar=False)
+  assert m['complete'] and m['clips'] == 6 and m['failed'] == 0
+  records = _records(out)
+  assert sorted(r['label'] for r in records) == list(range(6))
+  assert all(r['kind'] == 'image' and r['source'] == 'reader_test_images' for r in records)
