@@ -334,13 +334,9 @@ def phalp_scenes(videos: int, detections: int, frames: int, seed: int = 0
   rate = max(np.sum(probe['conf'] >= threshold) / frames / detections, 1e-3)
   people = max(1, round(detections / rate))
 
-  def dets(scene):
-    keys = ('frame', 'bbox', 'conf', 'appe', 'pose', 'loca', 'gt_id')
-    return phalp_io.Detections(**{k: scene[k] for k in keys},
-                               image_size=tuple(scene['image_size']), shot=scene['shot'],
-                               num_frames=frames, source=f'synthetic-medium-{people}p')
-
-  return [dets(synthetic.make_scene(cfg(people), seed=(seed, i))) for i in range(videos)], people
+  return [phalp_io.from_scene(synthetic.make_scene(cfg(people), seed=(seed, i)),
+                              source=f'synthetic-medium-{people}p')
+          for i in range(videos)], people
 
 
 def bench_phalp(batches: tuple[int, ...] = (1, 16, 64), capacity: int = 32, detections: int = 20,

@@ -59,13 +59,8 @@ def _synthetic(preset: str, videos: int, seed: int, num_frames: int | None):
   from phalp_jax import io as io_lib
   from phalp_jax import synthetic
   cfg = synthetic.get_config(preset, **({'num_frames': num_frames} if num_frames else {}))
-  dets = []
-  for i in range(videos):
-    s = synthetic.make_scene(cfg, seed=(seed, i))
-    dets.append(io_lib.Detections(
-        frame=s['frame'], bbox=s['bbox'], conf=s['conf'], appe=s['appe'], pose=s['pose'],
-        loca=s['loca'], gt_id=s['gt_id'], image_size=tuple(s['image_size']), shot=s['shot'],
-        num_frames=len(s['shot']), source=f'synthetic:{preset}:{seed}:{i}'))
+  dets = [io_lib.from_scene(synthetic.make_scene(cfg, seed=(seed, i)),
+                             source=f'synthetic:{preset}:{seed}:{i}') for i in range(videos)]
   return dets
 
 

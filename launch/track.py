@@ -537,7 +537,7 @@ def track_files(opts: TrackOptions, settings: Settings) -> dict:
                   'total': round(time.perf_counter() - start, 3)},
       'frames_per_second': round(total_frames / track_s, 1) if track_s > 0 else None,
   }
-  io_lib._atomic_write(os.path.join(opts.output, SUMMARY),  # pylint: disable=protected-access
+  io_lib.atomic_write(os.path.join(opts.output, SUMMARY),
                        lambda f: f.write((json.dumps(summary, indent=1) + '\n').encode()))
   print(f'[track] {len(records)} of {len(inputs)} video(s) tracked, {len(failures)} failed; '
         f'{os.path.join(os.path.abspath(opts.output), SUMMARY)}', flush=True)
@@ -557,10 +557,7 @@ def _scenes(preset: str, videos: int, seed: int, num_frames: int | None):
   dets, gts = [], []
   for i in range(videos):
     s = synthetic.make_scene(cfg, seed=(seed, i))
-    dets.append(io_lib.Detections(
-        frame=s['frame'], bbox=s['bbox'], conf=s['conf'], appe=s['appe'], pose=s['pose'],
-        loca=s['loca'], gt_id=s['gt_id'], image_size=tuple(s['image_size']), shot=s['shot'],
-        num_frames=len(s['shot']), source=f'synthetic:{preset}:{seed}:{i}'))
+    dets.append(io_lib.from_scene(s, source=f'synthetic:{preset}:{seed}:{i}'))
     gts.append(np.asarray(s['gt_tracks'], np.float64)[:, :6])
   return dets, gts
 
@@ -667,7 +664,7 @@ def run_benchmark(name: str, presets: str, videos: int, seed: int, num_frames: i
                'device': device, 'note': BENCHMARK_NOTE, 'results': records,
                'tables': {p: format_table(records, p, seed) for p in chosen}}
     from phalp_jax import io as io_lib
-    io_lib._atomic_write(path, lambda f: f.write(  # pylint: disable=protected-access
+    io_lib.atomic_write(path, lambda f: f.write(
         (json.dumps(payload, indent=1) + '\n').encode()))
     print(f'[track] wrote {path}')
   return records

@@ -261,7 +261,7 @@ def evaluate(detections: Sequence[io_lib.Detections], params: PhalpParams,
 def write_json(path: str, payload: dict[str, Any]) -> None:
   """Writes ``payload`` as indented JSON, atomically (a temporary file, then a rename)."""
   text = (json.dumps(payload, indent=2, sort_keys=False) + '\n').encode()
-  io_lib._atomic_write(os.fspath(path), lambda f: f.write(text))
+  io_lib.atomic_write(os.fspath(path), lambda f: f.write(text))
 
 
 def load_params(path: str | os.PathLike, **overrides: Any) -> PhalpParams:

@@ -266,6 +266,13 @@ def check_compatible(detections: Sequence[Detections]) -> None:
 # canonical .npz
 
 
+def from_scene(scene: Mapping[str, Any], source: str = '<synthetic>') -> Detections:
+  """``Detections`` of a scene dict in the canonical layout (``phalp_jax.synthetic.make_scene``)."""
+  keys = ('frame', 'bbox', 'conf', 'appe', 'pose', 'loca', 'gt_id')
+  return Detections(**{k: scene[k] for k in keys}, image_size=tuple(scene['image_size']),
+                    shot=scene['shot'], num_frames=len(scene['shot']), source=source)
+
+
 def load_npz(path: str | os.PathLike) -> Detections:
   """Reads a canonical detection file, checks it and applies :func:`sanitize`."""
   path = str(path)
@@ -283,7 +290,7 @@ def load_npz(path: str | os.PathLike) -> Detections:
   return sanitize(Detections(source=path, **kwargs))
 
 
-def _atomic_write(path: str, write) -> None:
+def atomic_write(path: str, write) -> None:
   """Calls ``write(file)`` on a temporary file next to ``path``, then renames it onto ``path``."""
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
@@ -307,7 +314,7 @@ def save_npz(dets: Detections, path: str | os.PathLike) -> None:
   for name in ('uv', 'gt_id', 'shot'):
     if getattr(dets, name) is not None:
       arrays[name] = getattr(dets, name)
-  _atomic_write(str(path), lambda f: np.savez(f, **arrays))
+  atomic_write(str(path), lambda f: np.savez(f, **arrays))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -458,7 +465,7 @@ def save_mot(rows: np.ndarray, path: str | os.PathLike) -> None:
   rows = rows[np.lexsort((rows[:, 1], rows[:, 0]))]
   lines = [f'{int(r[0]) + 1},{int(r[1])},{r[2]:.3f},{r[3]:.3f},{r[4]:.3f},{r[5]:.3f},{r[6]:.6g},'
            '-1,-1,-1\n' for r in rows]
-  _atomic_write(str(path), lambda f: f.write(''.join(lines).encode()))
+  atomic_write(str(path), lambda f: f.write(''.join(lines).encode()))
 
 
 def load_mot_tracks(path: str | os.PathLike) -> np.ndarray:
@@ -678,4 +685,4 @@ def save_phalp_pickle(tracks: np.ndarray, path: str | os.PathLike, *, video: str
       entry['size'].append([int(image_size[0]), int(image_size[1])])
     for name, values in features.items():
       entry[name].append(values[i])
-  _atomic_write(str(path), lambda f: pickle.dump(out, f, protocol=4))
+  atomic_write(str(path), lambda f: pickle.dump(out, f, protocol=4))

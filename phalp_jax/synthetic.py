@@ -41,11 +41,12 @@ import dataclasses
 import json
 import math
 import os
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+from phalp_jax import io
 
 CANONICAL_KEYS = ('frame', 'bbox', 'conf', 'appe', 'pose', 'loca', 'gt_id', 'image_size', 'shot')
 GT_DIR = 'gt'
@@ -429,28 +430,13 @@ def make_scene(config: SceneConfig | str = 'medium', seed: int | Sequence[int] |
 # Files.
 
 
-def _atomic_write(path: str, write) -> None:
-  """Writes through ``write(fileobj)`` to a temporary file in the same directory, then renames."""
-  path = os.fspath(path)
-  tmp = os.path.join(os.path.dirname(path) or '.',
-                     f'.{os.path.basename(path)}.{uuid.uuid4().hex}.tmp')
-  try:
-    with open(tmp, 'wb') as f:
-      write(f)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
 def save_scene_npz(scene: dict[str, Any], path: str) -> None:
   """Writes the canonical detection keys of ``scene`` to ``path`` with ``np.savez``, atomically."""
   missing = [k for k in CANONICAL_KEYS if k not in scene]
   if missing:
     raise ValueError(f'scene: missing canonical keys {missing}')
   arrays = {k: np.asarray(scene[k]) for k in CANONICAL_KEYS}
-  _atomic_write(path, lambda f: np.savez(f, **arrays))
+  io.atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def gt_mot_lines(scene: dict[str, Any]) -> str:
@@ -464,7 +450,7 @@ def gt_mot_lines(scene: dict[str, Any]) -> str:
 def save_gt_txt(scene: dict[str, Any], path: str) -> None:
   """Writes :func:`gt_mot_lines` to ``path`` atomically."""
   text = gt_mot_lines(scene).encode()
-  _atomic_write(path, lambda f: f.write(text))
+  io.atomic_write(path, lambda f: f.write(text))
 
 
 def write_benchmark(output_dir: str, preset: SceneConfig | str = 'hard', num_videos: int = 10,
@@ -486,7 +472,7 @@ def write_benchmark(output_dir: str, preset: SceneConfig | str = 'hard', num_vid
               'videos': [os.path.basename(p) for p in paths],
               'gt_format': 'frame,id,x,y,w,h,1,1,1 (1-based frame and id = gt_id + 1)'}
   text = json.dumps(manifest, indent=2).encode()
-  _atomic_write(os.path.join(output_dir, MANIFEST_FILE), lambda f: f.write(text))
+  io.atomic_write(os.path.join(output_dir, MANIFEST_FILE), lambda f: f.write(text))
   return paths
 
 
