@@ -80,8 +80,6 @@ def _predictions(config, params, tokenizer, out_dir: str, clips: int = 3) -> flo
 def _heldout_tokenizer_report(tokenizer, val_dir: str, val_manifest: dict, out_png: str) -> dict:
   """PSNR on held-out frames (two per video; a grid PNG of the first 16) and codebook usage over
   every held-out token the tokenization job wrote."""
-  from array_record.python import array_record_data_source
-
   from tokenizers_jax import pictures
   from tokenizers_jax import video as video_io
   from tokenizers_jax.vq import psnr
@@ -94,11 +92,8 @@ def _heldout_tokenizer_report(tokenizer, val_dir: str, val_manifest: dict, out_p
   pictures.reconstruction_grid(frames[:16], recon[:16], out_png)
   counts = np.zeros(tokenizer.codebook_size, np.int64)
   folder = os.path.dirname(val_manifest['pattern'])
-  source = array_record_data_source.ArrayRecordDataSource(
-      [os.path.join(folder, f) for f in val_manifest['shard_files']])
-  for i in range(len(source)):
-    codes = shards.decode_record(source[i])['codes']
-    counts += np.bincount(codes.ravel(), minlength=tokenizer.codebook_size)
+  for record in shards.read_records(os.path.join(folder, f) for f in val_manifest['shard_files']):
+    counts += np.bincount(record['codes'].ravel(), minlength=tokenizer.codebook_size)
   p = counts[counts > 0] / counts.sum()
   return {'heldout_frames': int(frames.shape[0]),
           'heldout_psnr_db': float(psnr(frames, recon).mean()),

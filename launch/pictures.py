@@ -37,7 +37,7 @@ def reconstruction_png(config, input_dir: str, output: str, count: int = 16) -> 
                                          resolution=tokenizer.resolution)[0])
       else:
         frames.append(image_io.read_image(item.key, resolution=tokenizer.resolution))
-    except (video_io.VideoError, image_io.ImageError) as e:
+    except video_io.InputError as e:
       print(f'[pictures] skipped {item.key}: {e}', file=sys.stderr)
   if not frames:
     raise ValueError(f'--input: no readable video or image in {input_dir!r}')

@@ -196,7 +196,8 @@ def make_train_step(task, tx, param_shardings):
   the run naming it (``train.on_nonfinite='error'``) or go on (``'skip'``). Non-trainable model
   state (e.g. an EMA codebook) is threaded through the microbatches in order.
   """
-  grad_fn = jax.value_and_grad(_loss_with_state(task), has_aux=True)
+  loss_fn = _loss_with_state(task)
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
   def train_step(state, batch, rng):
     params = state['params']
@@ -222,7 +223,7 @@ def make_train_step(task, tx, param_shardings):
     else:
       zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
       aux_shape = jax.eval_shape(
-          lambda b: _loss_with_state(task)(params, b, step_rng, model_state)[1][0],
+          lambda b: loss_fn(params, b, step_rng, model_state)[1][0],
           jax.tree_util.tree_map(lambda x: x[0], batch))
       sums0 = {'loss': jnp.zeros((), jnp.float32),
                **{k: jnp.zeros(v.shape, v.dtype) for k, v in aux_shape.items()}}

@@ -180,10 +180,7 @@ def _folder_with_bad_files(videos, tmp_path) -> str:
 
 
 def _records(output: str) -> list[dict]:
-  from array_record.python import array_record_data_source
-  files = sorted(glob.glob(os.path.join(output, '*.array_record')))
-  source = array_record_data_source.ArrayRecordDataSource(files)
-  return [shards.decode_record(source[i]) for i in range(len(source))]
+  return list(shards.read_records(sorted(glob.glob(os.path.join(output, '*.array_record')))))
 
 
 def test_job_finishes_good_files_lists_bad_ones_and_resumes(videos, tmp_path, random_tokenizer):

@@ -19,21 +19,14 @@ from typing import Any
 import cv2
 import numpy as np
 
-from tokenizers_jax.video import crop_square, list_files, resize_short_side
+from tokenizers_jax.video import InputError, crop_square, list_files, resize_short_side
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
 
 
-class ImageError(ValueError):
+class ImageError(InputError):
   """An image that cannot be used (missing, unreadable or undecodable)."""
-
-  def __init__(self, path: str, reason: str):
-    super().__init__(f'image {str(path)!r}: {reason}')
-    self.path = str(path)
-    self.reason = reason
-
-  def __reduce__(self):  # survives pickling (errors raised in worker processes)
-    return type(self), (self.path, self.reason)
+  kind = 'image'
 
 
 def list_images(root: str, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[str]:

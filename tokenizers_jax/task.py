@@ -81,7 +81,7 @@ class FrameReader:
       j = (i + attempt) % self.count
       try:
         return self._read_one(j, rng)
-      except (video_io.VideoError, image_io.ImageError) as e:
+      except video_io.InputError as e:
         if e.path not in self.bad:
           self.bad.add(e.path)
           _log.warning('%s: skipping unreadable input (%s)', self.field, e)

@@ -34,16 +34,22 @@ SHORT_POLICIES = ('pad', 'skip')
 _CAPTURE_PARAMS = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, 30000, cv2.CAP_PROP_READ_TIMEOUT_MSEC, 30000]
 
 
-class VideoError(ValueError):
-  """A video file that cannot be used (missing, unopenable, corrupt, empty or too short)."""
+class InputError(ValueError):
+  """An input file that cannot be used; ``.path`` names it and ``.reason`` says why."""
+  kind = 'input'
 
   def __init__(self, path: str, reason: str):
-    super().__init__(f'video {str(path)!r}: {reason}')
+    super().__init__(f'{self.kind} {str(path)!r}: {reason}')
     self.path = str(path)
     self.reason = reason
 
   def __reduce__(self):  # survives pickling (errors raised in worker processes)
     return type(self), (self.path, self.reason)
+
+
+class VideoError(InputError):
+  """A video file that cannot be used (missing, unopenable, corrupt, empty or too short)."""
+  kind = 'video'
 
 
 @dataclasses.dataclass(frozen=True)

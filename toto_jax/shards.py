@@ -250,3 +250,14 @@ def finished_shards(output_dir: str, prefix: str) -> list[str]:
     if m:
       found.append((int(m.group(1)), os.path.join(output_dir, name)))
   return [p for _, p in sorted(found)]
+
+
+def read_records(paths: Iterable[str]) -> Iterable[dict[str, Any]]:
+  """Every record of the shard files ``paths``, in order, decoded by :func:`decode_record`."""
+  for path in paths:
+    reader = array_record_module.ArrayRecordReader(path)
+    try:
+      for data in reader.read_all():
+        yield decode_record(data)
+    finally:
+      reader.close()
