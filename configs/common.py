@@ -61,6 +61,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.weight_decay = 0.1
   c.train.clip_norm = 1.0             # global-norm clipping; 0 disables
   c.train.on_nonfinite = 'error'      # 'error' stops naming the step; 'skip' drops the update
+  # Start a new run from another run's parameters (fine-tuning, resolution change): its workdir,
+  # the step (-1 = newest) and where its tree sits inside this model's ('' = the root).
+  c.train.init_from = ''
+  c.train.init_from_step = -1
+  c.train.init_from_prefix = ''
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 500

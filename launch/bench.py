@@ -43,7 +43,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from launch import flops as flops_lib
-from launch import optim
 from launch import sharding as shard_lib
 from launch import tasks as tasks_lib
 from launch import train as train_lib
@@ -61,7 +60,7 @@ def bench_toto(config, seq_len: int | None, batch: int, steps: int, warmup: int)
   rules = shard_lib.rules_of(config)
   config.train.total_steps = max(config.train.total_steps, steps + warmup + 1)
   config.train.warmup_steps = min(config.train.warmup_steps, 1)
-  tx = optim.make_optimizer(config.train)
+  tx = train_lib.make_tx(task, config.train)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     rng = jax.random.key(0)
     _, shardings = train_lib.state_shardings(task, tx, mesh, rules, rng)

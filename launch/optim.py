@@ -1,10 +1,19 @@
-"""Optimizer: global-norm clipping, then AdamW on a linear warm-up + cosine-decay schedule."""
+"""Optimizer: global-norm clipping, then AdamW on a linear warm-up + cosine-decay schedule,
+optionally with a learning-rate multiplier per parameter (layer-wise decay, muP).
+
+A task that wants per-parameter learning rates defines ``lr_scales(params) -> pytree`` (same tree
+as the params, each leaf a float or an array broadcastable to the parameter, e.g. ``[layers, 1,
+...]`` for a scanned stack). The multiplier scales the whole AdamW update, weight decay included,
+which is exactly a per-parameter learning rate ``lr * scale``.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import optax
 
 # Parameters whose name ends like this are not weight-decayed (norm gains, biases).
@@ -19,20 +28,53 @@ def learning_rate_schedule(train_cfg) -> optax.Schedule:
       end_value=train_cfg.lr * train_cfg.end_lr_ratio)
 
 
+def _name(entry) -> str:
+  return str(getattr(entry, 'key', getattr(entry, 'name', entry)))
+
+
 def decay_mask(params: Any) -> Any:
   """True for matrices and embeddings, False for norm scales and biases."""
-  def keep(path, _):
-    last = path[-1]
-    name = getattr(last, 'key', getattr(last, 'name', str(last)))
-    return name not in NO_DECAY_NAMES
-  return jax.tree_util.tree_map_with_path(keep, params)
+  return jax.tree_util.tree_map_with_path(lambda path, _: _name(path[-1]) not in NO_DECAY_NAMES,
+                                          params)
 
 
-def make_optimizer(train_cfg) -> optax.GradientTransformation:
+def scale_updates(scales: Any) -> optax.GradientTransformation:
+  """Multiplies each update by its leaf of ``scales`` (a float or a broadcastable array)."""
+  def update(updates, state, params=None):
+    del params
+    return jax.tree_util.tree_map(lambda u, s: u * jnp.asarray(s, u.dtype), updates, scales), state
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def layer_decay_scales(params: Any, decay: float, num_layers: int, *,
+                       stacked: str = 'layers', head: Sequence[str] = ()) -> Any:
+  """Layer-wise learning-rate decay (BEiT / MAE fine-tuning): layer ``i`` of ``L`` gets
+  ``decay ** (L - i)``, the head (top-level names in ``head``) ``1``, everything else (input
+  embeddings, position tables, ...) ``decay ** (L + 1)``.
+
+  Blocks are the leaves under the top-level ``stacked`` entry, stacked on a leading axis of size
+  ``L`` (``nn.scan``); their scale is an array ``[L, 1, ..., 1]``.
+  """
+  per_layer = decay ** (num_layers - np.arange(num_layers, dtype=np.float64))
+
+  def scale(path, leaf):
+    top = _name(path[0])
+    if top in head:
+      return np.float32(1.0)
+    if top == stacked:
+      shape = (num_layers,) + (1,) * (len(leaf.shape) - 1)
+      return per_layer.reshape(shape).astype(np.float32)
+    return np.float32(decay ** (num_layers + 1))
+  return jax.tree_util.tree_map_with_path(scale, params)
+
+
+def make_optimizer(train_cfg, lr_scales: Any | None = None) -> optax.GradientTransformation:
   parts = []
   if train_cfg.clip_norm > 0:
     parts.append(optax.clip_by_global_norm(train_cfg.clip_norm))
   parts.append(optax.adamw(learning_rate_schedule(train_cfg), b1=train_cfg.b1, b2=train_cfg.b2,
                            eps=train_cfg.eps, weight_decay=train_cfg.weight_decay,
                            mask=decay_mask))
+  if lr_scales is not None:
+    parts.append(scale_updates(lr_scales))
   return optax.chain(*parts)

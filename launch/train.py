@@ -142,6 +142,47 @@ def make_state_fns(task, tx):
   return init_state
 
 
+def make_tx(task, train_cfg) -> optax.GradientTransformation:
+  """The optimizer, with the task's per-parameter learning-rate multipliers when it has them
+  (``task.lr_scales(params)``: layer-wise decay, muP)."""
+  scales = None
+  if hasattr(task, 'lr_scales'):
+    abstract = shard_lib.unbox(jax.eval_shape(task.init, jax.random.key(0)))
+    scales = task.lr_scales(abstract)
+  return optim.make_optimizer(train_cfg, scales)
+
+
+def init_from_pretrained(params: Any, workdir: str, step: int | None = None,
+                         prefix: str = '') -> tuple[Any, dict]:
+  """``params`` with every array that a pre-trained run holds copied in (placed with the same
+  sharding); the rest keeps its fresh initialisation. ``prefix`` ('a/b') is where the pre-trained
+  tree sits inside this model's tree. A shape mismatch is an error naming the parameter;
+  nothing in common is an error too.
+  """
+  from flax import traverse_util
+  loaded = ckpt_lib.load(workdir, None if step is None or step < 0 else step, items=('params',))
+  source = traverse_util.flatten_dict(loaded['params'], sep='/')
+  target = traverse_util.flatten_dict(params, sep='/')
+  lead = prefix.strip('/') + '/' if prefix.strip('/') else ''
+  copied, unused = [], []
+  for name, value in source.items():
+    key = lead + name
+    if key not in target:
+      unused.append(name)
+      continue
+    if tuple(target[key].shape) != tuple(value.shape):
+      raise ConfigError(f'train.init_from: parameter {key!r} has shape {tuple(value.shape)} in '
+                        f'{workdir} but {tuple(target[key].shape)} in this model')
+    target[key] = jax.device_put(np.asarray(value, target[key].dtype), target[key].sharding)
+    copied.append(key)
+  if not copied:
+    raise ConfigError(f'train.init_from: no parameter of {workdir} (step {loaded["step"]}) '
+                      f'matches this model (train.init_from_prefix={prefix!r})')
+  fresh = sorted(set(target) - set(copied))
+  report = {'step': loaded['step'], 'copied': len(copied), 'fresh': fresh, 'unused': unused}
+  return traverse_util.unflatten_dict(target, sep='/'), report
+
+
 def has_model_state(task) -> bool:
   """Whether the task keeps non-trainable variables (EMA codebooks, running statistics)."""
   return hasattr(task, 'init_model_state')
@@ -371,7 +412,7 @@ def train(config, workdir: str, *, devices=None, stop_after_steps: int | None = 
 
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     # --- state, created already sharded ---------------------------------------------------------
-    tx = optim.make_optimizer(t)
+    tx = make_tx(task, t)
     rng = jax.random.key(config.seed)
     init_rng, step_rng = jax.random.split(rng)
     abstract_state, shardings = state_shardings(task, tx, mesh, rules, init_rng)
@@ -390,6 +431,12 @@ def train(config, workdir: str, *, devices=None, stop_after_steps: int | None = 
         manager, ckpt_lib.abstract_with_shardings(abstract_state, shardings), data_iter)
     if restored is None:
       state = jax.jit(make_state_fns(task, tx), out_shardings=shardings)(init_rng)
+      if t.get('init_from'):
+        state['params'], report = init_from_pretrained(
+            state['params'], t.init_from, t.get('init_from_step', -1), t.get('init_from_prefix', ''))
+        print(f"[train] initialised {report['copied']} parameter arrays from {t.init_from} "
+              f"(step {report['step']}); fresh: {report['fresh'] or 'none'}; "
+              f"not used: {report['unused'] or 'none'}", flush=True)
       start_step = 0
     else:
       start_step, state = restored

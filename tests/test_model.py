@@ -361,3 +361,51 @@ def test_attention_impl_names_are_checked():
   q = jnp.zeros((1, 4, 2, 8))
   with pytest.raises(ValueError, match='model.attention_impl'):
     dot_product_attention(q, q, q, causal=True, implementation='flash')
+
+
+class _Stack(nn.Module):
+  """The shared transformer body on raw embeddings, as LART uses it."""
+  config: object
+  deterministic: bool = True
+
+  @nn.compact
+  def __call__(self, x, key_mask):
+    positions = jnp.broadcast_to(jnp.arange(x.shape[1]), x.shape[:2])
+    return toto_model.scanned_layers(self.config, deterministic=self.deterministic)(
+        x, positions, key_mask)[0]
+
+
+def test_key_mask_hides_tokens_from_every_query():
+  cfg = small_config('gpt2', causal=False)
+  x = jax.random.normal(jax.random.key(0), (2, 10, cfg.dim))
+  key_mask = jnp.ones((2, 10), bool).at[:, 3].set(False).at[1, 7].set(False)
+  params = _Stack(cfg).init(jax.random.key(1), x, key_mask)
+  out = _Stack(cfg).apply(params, x, key_mask)
+  # Changing hidden tokens changes nothing for the others (and their own outputs still exist).
+  x2 = x.at[:, 3].set(5.0).at[1, 7].set(-5.0)
+  out2 = _Stack(cfg).apply(params, x2, key_mask)
+  visible = np.asarray(key_mask)
+  np.testing.assert_allclose(np.asarray(out)[visible], np.asarray(out2)[visible], atol=1e-5)
+  # Without the mask the same change reaches every token.
+  full = jnp.ones_like(key_mask)
+  assert not np.allclose(_Stack(cfg).apply(params, x, full)[0, 0],
+                         _Stack(cfg).apply(params, x2, full)[0, 0], atol=1e-4)
+
+
+def test_dropout_and_drop_path_only_in_training():
+  cfg = small_config('gpt2', causal=False, dropout=0.1, drop_path=0.5)
+  x = jax.random.normal(jax.random.key(0), (4, 6, cfg.dim))
+  mask = jnp.ones((4, 6), bool)
+  params = _Stack(cfg).init(jax.random.key(1), x, mask)
+  reference = _Stack(small_config('gpt2', causal=False)).apply(params, x, mask)
+  np.testing.assert_allclose(_Stack(cfg).apply(params, x, mask), reference, atol=1e-6)
+  train = lambda seed: _Stack(cfg, deterministic=False).apply(
+      params, x, mask, rngs={'dropout': jax.random.key(seed)})
+  assert not np.allclose(train(0), reference, atol=1e-3)
+  np.testing.assert_allclose(train(0), train(0))
+  assert not np.allclose(train(0), train(1), atol=1e-3)
+  # Drop path drops whole residual branches: at a rate near 1 only the input itself survives.
+  off = small_config('gpt2', causal=False, drop_path=1.0 - 1e-7)
+  skipped = _Stack(off, deterministic=False).apply(params, x, mask,
+                                                  rngs={'dropout': jax.random.key(3)})
+  np.testing.assert_allclose(skipped, x, atol=1e-5)

@@ -123,7 +123,7 @@ class LayerNorm(nn.Module):
     return (y * scale + bias).astype(x.dtype)
 
 
-def _norm(config, name: str) -> nn.Module:
+def norm(config, name: str) -> nn.Module:
   if config.arch == 'gpt2':
     return LayerNorm(eps=config.norm_eps, name=name)
   return RMSNorm(eps=config.norm_eps, name=name)
@@ -156,7 +156,10 @@ class DenseGeneral(nn.Module):
 
 
 class Attention(nn.Module):
-  """Causal multi-head attention with optional grouped key/value heads.
+  """Multi-head attention (causal when ``config.causal``) with optional grouped key/value heads.
+
+  ``key_mask`` (bool ``[batch, length]``) hides tokens as keys from every query: LART's missing
+  detections and masked tokens.
 
   The attention itself is :func:`toto_jax.attention.dot_product_attention`:
   ``jax.nn.dot_product_attention`` on accelerators (the fused cuDNN kernel on GPUs), a blockwise
@@ -165,7 +168,7 @@ class Attention(nn.Module):
   config: Any
 
   @nn.compact
-  def __call__(self, x: Array, positions: Array) -> Array:
+  def __call__(self, x: Array, positions: Array, key_mask: Array | None = None) -> Array:
     cfg = self.config
     dtype = compute_dtype(cfg)
     d, h, kvh = cfg.dim, cfg.num_heads, cfg.num_kv_heads or cfg.num_heads
@@ -183,7 +186,7 @@ class Attention(nn.Module):
     k = nn.with_logical_constraint(k, ('act_batch', 'act_length', 'act_kv_heads', None))
     v = nn.with_logical_constraint(v, ('act_batch', 'act_length', 'act_kv_heads', None))
     out = attention.dot_product_attention(q, k, v, causal=cfg.causal,
-                                          implementation=cfg.attention_impl)
+                                          implementation=cfg.attention_impl, key_mask=key_mask)
     out = nn.with_logical_constraint(out, ('act_batch', 'act_length', 'act_heads', None))
     return DenseGeneral((h, hd), (d,), ('heads', 'head_dim', 'embed'), bias, dtype,
                         name='out')(out)
@@ -210,20 +213,71 @@ class Mlp(nn.Module):
                         name='down')(hidden)
 
 
-class Block(nn.Module):
-  """One pre-norm decoder layer: ``h + attn(norm(h))`` then ``h + mlp(norm(h))``.
+def drop_path(x: Array, rate: float, rng: Array) -> Array:
+  """Stochastic depth: zeroes a residual branch per example with probability ``rate`` and
+  rescales the survivors by ``1 / (1 - rate)``."""
+  keep = jax.random.bernoulli(rng, 1.0 - rate, (x.shape[0],) + (1,) * (x.ndim - 1))
+  return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
-  Returns ``(h, h if emit_hidden else None)`` so ``nn.scan`` can stack per-layer features.
+
+class Block(nn.Module):
+  """One pre-norm layer: ``h + attn(norm(h))`` then ``h + mlp(norm(h))``.
+
+  Each residual branch goes through dropout (``config.dropout``) and stochastic depth
+  (``config.drop_path``, the same rate in every layer) unless ``deterministic``; both default to
+  0 (Toto pre-training uses neither; LART fine-tuning uses drop path 0.1). Returns
+  ``(h, h if emit_hidden else None)`` so ``nn.scan`` can stack per-layer features.
   """
   config: Any
   emit_hidden: bool = False
+  deterministic: bool = True
+
+  def _branch(self, y: Array) -> Array:
+    cfg = self.config
+    rate, path_rate = getattr(cfg, 'dropout', 0.0), getattr(cfg, 'drop_path', 0.0)
+    if self.deterministic:
+      return y
+    if rate:
+      y = nn.Dropout(rate)(y, deterministic=False)
+    if path_rate:
+      y = drop_path(y, path_rate, self.make_rng('dropout'))
+    return y
 
   @nn.compact
-  def __call__(self, x: Array, positions: Array) -> tuple[Array, Array | None]:
-    x = x + Attention(self.config, name='attn')(_norm(self.config, 'attn_norm')(x), positions)
-    x = x + Mlp(self.config, name='mlp')(_norm(self.config, 'mlp_norm')(x))
+  def __call__(self, x: Array, positions: Array, key_mask: Array | None = None
+               ) -> tuple[Array, Array | None]:
+    attn = Attention(self.config, name='attn')(norm(self.config, 'attn_norm')(x), positions,
+                                               key_mask)
+    x = x + self._branch(attn)
+    x = x + self._branch(Mlp(self.config, name='mlp')(norm(self.config, 'mlp_norm')(x)))
     x = nn.with_logical_constraint(x, ('act_batch', 'act_length', 'act_embed'))
     return x, (x if self.emit_hidden else None)
+
+
+def scanned_layers(config: Any, *, emit_hidden: bool = False, deterministic: bool = True,
+                   name: str = 'layers') -> nn.Module:
+  """``config.num_layers`` blocks under ``nn.scan`` (parameters stacked on a leading ``layers``
+  axis) with the configured remat policy: the transformer body Toto and LART share.
+
+  Call it inside a parent's ``nn.compact`` method; the module it returns maps
+  ``(x, positions, key_mask)`` (pass ``None`` for no mask) to ``(x, hidden)``, where ``hidden`` stacks every layer's
+  output ``[layers, batch, length, dim]`` when ``emit_hidden`` and is ``None`` otherwise.
+  """
+  block = Block
+  if config.remat_policy != 'none':
+    if config.remat_policy not in REMAT_POLICIES:
+      raise ValueError(f'model.remat_policy must be one of {sorted(REMAT_POLICIES)}, '
+                       f'got {config.remat_policy!r}')
+    block = nn.remat(Block, policy=REMAT_POLICIES[config.remat_policy], prevent_cse=False)
+  layers = nn.scan(
+      block,
+      variable_axes={'params': 0},
+      split_rngs={'params': True, 'dropout': True},
+      in_axes=(nn.broadcast, nn.broadcast),
+      length=config.num_layers,
+      metadata_params={nn.PARTITION_NAME: 'layers'},
+  )
+  return layers(config, emit_hidden, deterministic, name=name)
 
 
 class Toto(nn.Module):
@@ -251,22 +305,8 @@ class Toto(nn.Module):
       x = x + jnp.asarray(sincos_positions(cfg.max_len, cfg.dim), dtype)[positions]
     x = nn.with_logical_constraint(x, ('act_batch', 'act_length', 'act_embed'))
 
-    block = Block
-    if cfg.remat_policy != 'none':
-      if cfg.remat_policy not in REMAT_POLICIES:
-        raise ValueError(f'model.remat_policy must be one of {sorted(REMAT_POLICIES)}, '
-                         f'got {cfg.remat_policy!r}')
-      block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=False)
-    layers = nn.scan(
-        block,
-        variable_axes={'params': 0},
-        split_rngs={'params': True, 'dropout': True},
-        in_axes=(nn.broadcast,),
-        length=cfg.num_layers,
-        metadata_params={nn.PARTITION_NAME: 'layers'},
-    )
-    x, hidden = layers(cfg, return_hidden, name='layers')(x, positions)
-    x = _norm(cfg, 'final_norm')(x)
+    x, hidden = scanned_layers(cfg, emit_hidden=return_hidden)(x, positions, None)
+    x = norm(cfg, 'final_norm')(x)
     logits = DenseGeneral((cfg.dim,), (vocab,), ('embed', 'vocab'), False, dtype,
                           name='lm_head')(x)
     logits = nn.with_logical_constraint(logits.astype(jnp.float32),
