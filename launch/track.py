@@ -505,8 +505,12 @@ def track_files(opts: TrackOptions, settings: Settings) -> dict:
     m = None
     if v.gt is not None:
       from phalp_jax import metrics
-      m = metrics.evaluate(v.gt, rows[:, :6])
-      scored.append((v.gt, rows))
+      try:
+        m = metrics.evaluate(v.gt, rows[:, :6])
+        scored.append((v.gt, rows))
+      except ValueError as e:  # malformed ground truth: the tracks are written, only no scores
+        print(f'WARNING: {v.input.path}: no metrics for this video ({e})', file=sys.stderr,
+              flush=True)
     shots = int(tracker_lib.shot_index(d.shot, d.num_frames)[-1]) + 1 if d.num_frames else 0
     records.append({
         'name': name, 'input': os.path.abspath(v.input.path), 'kind': v.input.kind,

@@ -14,16 +14,22 @@ key            shape            meaning
 ``uv``         float [N,4,h,w]  optional: texture map, 3 colour channels + visibility
 ``gt_id``      int [N]          optional: ground-truth identity
 ``image_size`` int [2]          (h, w) of the video's frames
-``shot``       int [T]          optional: 1 on a frame that starts a new shot
+``shot``       int [T]          optional: shot index per frame (0, then +1 at each cut)
 ``num_frames`` int []           optional: T, the video's length (default: last frame + 1)
 =============  ===============  ==========================================================
+
+``shot`` is held as the index form; the flag form (1 on a frame that starts a new shot, what the
+released tracker's pickle stores) is accepted anywhere and converted on construction
+(:func:`shot_index`), and the pickle writer writes flags again.
 
 Frames are 0-based everywhere in memory. MOTChallenge files are 1-based: :func:`load_mot`
 subtracts 1 and :func:`save_mot` adds 1, so a MOT file round-trips unchanged.
 
 Bad input (the loaders apply :func:`sanitize`): rows with NaN or Inf in ``bbox``, ``conf``,
 ``appe``, ``pose`` or ``loca`` and rows whose box has ``w <= 0`` or ``h <= 0`` are dropped, each
-kind counted in one ``logging`` warning per file (logger ``phalp_jax.io``); rows are sorted by frame
+kind counted in one ``logging`` warning per file (logger ``phalp_jax.io``); exact repeats of a
+detection in the same frame (same box and confidence: a frame delivered twice) are dropped the same
+way; rows are sorted by frame
 (stable) with a warning when they were out of order; several rows in one frame are normal; frames
 without detections stay frames (``num_frames`` is fixed before rows are dropped) and a long run of
 them is reported. Malformed files (a missing key, a wrong shape, non-integer frames, fields of
@@ -99,7 +105,7 @@ class Detections:
     if self.gt_id is not None:
       self.gt_id = _as_int(self.gt_id, self.source, 'gt_id')
     if self.shot is not None:
-      self.shot = _as_int(self.shot, self.source, 'shot')
+      self.shot = _as_int(self.shot, self.source, 'shot').reshape(-1)
     size = np.asarray(self.image_size).reshape(-1)
     if size.shape != (2,):
       raise ValueError(f'{self.source}: field image_size must be (h, w), got {self.image_size!r}')
@@ -111,6 +117,8 @@ class Detections:
         self.num_frames = int(self.frame.max()) + 1 if self.frame.size else 0
     self.num_frames = int(self.num_frames)
     self.validate()
+    if self.shot is not None:
+      self.shot = shot_index(self.shot, self.num_frames).astype(np.int64)
     self.bbox = self.bbox.astype(np.float64, copy=False)
     self.conf = self.conf.astype(np.float64, copy=False)
     self.loca = self.loca.astype(np.float64, copy=False)
@@ -217,6 +225,18 @@ def _keep_index(dets: Detections) -> np.ndarray:
     log.warning('%s: ignored %d of %d detections with a zero or negative box width or height',
                 dets.source, int(bad_box.sum()), n)
     keep &= ~bad_box
+  if keep.any():
+    # A frame delivered twice (a decoder or detector repeating itself) duplicates its rows: the
+    # same frame, box and confidence again. Keep the first of each.
+    rows = np.flatnonzero(keep)
+    key = np.concatenate([dets.frame[rows, None].astype(np.float64), dets.bbox[rows],
+                          dets.conf[rows, None]], axis=1)
+    _, first = np.unique(key, axis=0, return_index=True)
+    repeated = np.setdiff1d(rows, rows[first])
+    if repeated.size:
+      log.warning('%s: ignored %d of %d detections repeating another detection of the same frame '
+                  '(same box and confidence; a repeated frame?)', dets.source, repeated.size, n)
+      keep[repeated] = False
   index = np.flatnonzero(keep)
   frames = dets.frame[index]
   if np.any(np.diff(frames) < 0):
@@ -264,6 +284,29 @@ def check_compatible(detections: Sequence[Detections]) -> None:
 
 # ------------------------------------------------------------------------------------------------
 # canonical .npz
+
+
+def shot_index(shot: np.ndarray | None, num_frames: int) -> np.ndarray:
+  """Per-frame shot index ``[T]`` int32 (0 for the first shot, +1 at each cut) from either form.
+
+  ``shot`` is used as is when it is already an index (non-decreasing from 0 in steps of at most
+  1); otherwise it is read as flags (non-zero on a frame that starts a new shot; a flag on frame 0
+  starts shot 0). The forms are ambiguous only for flags on consecutive frames (``0 1 1 0`` would
+  need two cuts in a row), which are read as one cut.
+  """
+  if shot is None:
+    return np.zeros(num_frames, np.int32)
+  shot = np.asarray(shot).astype(np.int64).reshape(-1)
+  if shot.shape != (num_frames,):
+    raise ValueError(f'shot must have one entry per frame ({num_frames}), got {shot.shape}')
+  if num_frames == 0:
+    return np.zeros(0, np.int32)
+  steps = np.diff(shot)
+  if shot[0] == 0 and np.all((steps >= 0) & (steps <= 1)):
+    return shot.astype(np.int32)
+  starts = shot != 0
+  starts[0] = False
+  return np.cumsum(starts).astype(np.int32)
 
 
 def from_scene(scene: Mapping[str, Any], source: str = '<synthetic>') -> Detections:

@@ -60,6 +60,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from phalp_jax import io as io_lib
+from phalp_jax.io import shot_index  # noqa: F401 - re-exported: callers read shots here
 from phalp_jax import lmc as lmc_lib
 from phalp_jax.cost import assign, cost_matrix
 from phalp_jax.predict import (PosePredictor, aggregate_embedding, aggregate_uv, last_pose,
@@ -243,29 +244,6 @@ def _scan_jit(state, frames, knobs, pose_predictor, emit_tracks, lmc):
 
 # ------------------------------------------------------------------------------------------------
 # Host side: inputs, shots, outputs.
-
-
-def shot_index(shot: np.ndarray | None, num_frames: int) -> np.ndarray:
-  """Per-frame shot index ``[T]`` int32 from ``Detections.shot``.
-
-  ``shot`` is read as the documented flags (1 on a frame that starts a new shot) unless it is
-  already an index (non-decreasing from 0 in steps of at most 1, as ``phalp_jax.synthetic``
-  writes): then it is used as is. The two forms are ambiguous only for flags on consecutive frames
-  (``0 1 1 0`` would need two cuts in a row), which are read as one cut.
-  """
-  if shot is None:
-    return np.zeros(num_frames, np.int32)
-  shot = np.asarray(shot).astype(np.int64).reshape(-1)
-  if shot.shape != (num_frames,):
-    raise ValueError(f'shot must have one entry per frame ({num_frames}), got {shot.shape}')
-  if num_frames == 0:
-    return np.zeros(0, np.int32)
-  steps = np.diff(shot)
-  if shot[0] == 0 and np.all((steps >= 0) & (steps <= 1)):
-    return shot.astype(np.int32)
-  starts = shot != 0
-  starts[0] = False
-  return np.cumsum(starts).astype(np.int32)
 
 
 def _usable(conf: np.ndarray, bbox: np.ndarray, feats: Sequence[np.ndarray],

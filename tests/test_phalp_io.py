@@ -124,6 +124,7 @@ def test_non_finite_rows_dropped_with_one_counted_warning(tmp_path, caplog):
   fields['loca'][3, 0] = np.inf
   fields['conf'][3] = np.nan  # the same row twice: counted once
   fields['frame'] = np.array([0, 0, 1, 1, 2, 2])
+  fields['bbox'][:, 0] += np.arange(6)  # two people per frame, not one detection repeated
   save_raw(tmp_path / 'nan.npz', **fields)
   with caplog.at_level(logging.WARNING):
     dets = io.load_npz(tmp_path / 'nan.npz')
@@ -160,6 +161,18 @@ def test_out_of_order_frames_sorted_and_repeats_kept(tmp_path, caplog):
   np.testing.assert_array_equal(dets.frame, [0, 1, 1, 3, 3])
   np.testing.assert_array_equal(dets.conf, [0.4, 0.2, 0.5, 0.1, 0.3])  # stable within a frame
   assert any('not in frame order' in m for m in warnings_of(caplog))
+
+
+def test_repeated_frame_rows_dropped_with_a_warning(tmp_path, caplog):
+  fields = raw_fields(n=4)
+  fields['bbox'][:, 0] += np.arange(4)
+  for key in ('frame', 'bbox', 'conf', 'appe', 'pose', 'loca'):  # frame 1 delivered twice
+    fields[key] = np.concatenate([fields[key], fields[key][1:2]])
+  save_raw(tmp_path / 'rep.npz', **fields)
+  with caplog.at_level(logging.WARNING):
+    dets = io.load_npz(tmp_path / 'rep.npz')
+  np.testing.assert_array_equal(dets.frame, [0, 1, 2, 3])
+  assert any('ignored 1 of 5 detections repeating' in m for m in warnings_of(caplog))
 
 
 def test_long_run_of_empty_frames_is_reported(tmp_path, caplog):
@@ -319,7 +332,7 @@ def test_pickle_round_trip_from_tracker_output(tmp_path, caplog):
   np.testing.assert_array_equal(dets.appe, appe)
   np.testing.assert_array_equal(dets.pose, pose)
   np.testing.assert_allclose(dets.loca, loca)
-  np.testing.assert_array_equal(dets.shot, shot)
+  np.testing.assert_array_equal(dets.shot, [0, 0, 1, 1, 1])  # the flags read as a shot index
   assert dets.image_size == (240, 320) and dets.num_frames == 5
   assert [s['betas'][0] for s in out.extras['smpl']] == [0, 1, 2, 3]
 
