@@ -21,7 +21,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-test: setup.cfg pyproject.toml $(VENV)/.installed
-	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q -e '.[test,aot]'
 	touch $@
 
 install: $(VENV)/.installed

@@ -8,7 +8,10 @@ import os
 import jax
 
 # Variables that a multi-host launcher sets (explicit coordinator, SLURM, Open MPI, TPU pod VMs).
-_MULTI_HOST_HINTS = ('JAX_COORDINATOR_ADDRESS', 'COORDINATOR_ADDRESS', 'MEGASCALE_COORDINATOR_ADDRESS')
+# LAUNCH_MULTI_HOST: set by `launch.tpu_pod train` on multi-host TPU slices, whose worker list comes
+# from the VM metadata rather than the environment (jax's GceTpuCluster reads it there).
+_MULTI_HOST_HINTS = ('JAX_COORDINATOR_ADDRESS', 'COORDINATOR_ADDRESS', 'MEGASCALE_COORDINATOR_ADDRESS',
+                     'LAUNCH_MULTI_HOST')
 
 
 def is_multi_host_environment(env=None) -> bool:
