@@ -15,8 +15,10 @@ import jax
 # config.task -> "module:Class"
 REGISTRY = {
     'toto': 'toto_jax.task:TotoTask',
+    'toto_finetune': 'toto_jax.finetune:FinetuneTask',
     'vq_tokenizer': 'tokenizers_jax.task:VQTokenizerTask',
     'phalp_pose': 'phalp_jax.pose_task:PosePredictorTask',
+    'lart': 'lart_jax.task:LartTask',
 }
 
 

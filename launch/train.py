@@ -106,6 +106,24 @@ def validate_config(config, task, devices, process_count: int = 1) -> None:
   task.validate()
 
 
+def apply_epoch_schedule(config, task) -> None:
+  """``train.epochs`` > 0: sets ``train.total_steps`` (and ``train.warmup_steps`` from
+  ``train.warmup_epochs``) from the task's ``examples_per_epoch()`` and the global batch."""
+  t = config.train
+  epochs = t.get('epochs', 0) or 0
+  if not epochs:
+    return
+  if epochs < 0:
+    raise ConfigError(f'train.epochs must be >= 0 (0 = use train.total_steps), got {epochs}')
+  if not hasattr(task, 'examples_per_epoch'):
+    raise ConfigError(f'train.epochs is set but task {config.task!r} does not count its examples '
+                      f'per epoch; set train.total_steps instead')
+  steps_per_epoch = task.examples_per_epoch() / t.global_batch_size
+  t.total_steps = max(1, int(round(epochs * steps_per_epoch)))
+  t.warmup_steps = min(int(round(t.get('warmup_epochs', 0) * steps_per_epoch)),
+                       t.total_steps - 1)
+
+
 def check_divisible(abstract_params: Any, shardings: Any) -> None:
   """Every sharded parameter dimension must split evenly; errors name the parameter."""
   def check(path, a, s):
@@ -401,6 +419,7 @@ def train(config, workdir: str, *, devices=None, stop_after_steps: int | None = 
   distributed.maybe_initialize()
   task = tasks_lib.get_task(config)
   devices = list(jax.devices() if devices is None else devices)
+  apply_epoch_schedule(config, task)
   validate_config(config, task, devices, jax.process_count())
 
   mesh = shard_lib.make_mesh(config.mesh, devices)
