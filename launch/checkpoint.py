@@ -62,6 +62,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
   Also restores ``data_iterator`` in place. Returns ``(step, state)``, or ``None`` when the
   workdir holds no checkpoint. Unreadable checkpoints are skipped, newest first, with a warning.
   """
+  warn_incomplete_saves(str(manager.directory))
   steps = sorted(manager.all_steps(), reverse=True)
   unreadable = []
   for step in steps:
@@ -138,6 +139,9 @@ def load(workdir: str, step: int | None = None,
     raise FileNotFoundError(f'{config_path} is missing: {workdir!r} is not a training workdir')
   config = ml_collections.ConfigDict(read_config_dict(workdir))
   ckpt = checkpoint_dir(workdir)
+  if not os.path.isdir(ckpt):
+    raise FileNotFoundError(f'{ckpt} is missing: the run in {workdir!r} has saved no checkpoint')
+  warn_incomplete_saves(ckpt)
   manager = ocp.CheckpointManager(
       epath.Path(ckpt), options=ocp.CheckpointManagerOptions(read_only=True),
       item_handlers={'state': ocp.PyTreeCheckpointHandler()})
@@ -167,3 +171,31 @@ def load(workdir: str, step: int | None = None,
     raise RuntimeError(f'no checkpoint in {ckpt} could be read:\n  ' + '\n  '.join(errors))
   finally:
     manager.close()
+
+
+# Orbax writes a save to ``<step>.orbax-checkpoint-tmp-<n>`` and renames it to ``<step>`` when
+# it is complete; a process killed mid-save leaves the temporary directory behind.
+_TMP_MARKER = '.orbax-checkpoint-tmp'
+
+
+def incomplete_saves(directory: str) -> list[str]:
+  """Paths of the saves in a checkpoint directory that never completed (newest step first)."""
+  if not os.path.isdir(directory):
+    return []
+  names = [n for n in os.listdir(directory) if _TMP_MARKER in n]
+  def step_of(name):
+    head = name.split(_TMP_MARKER)[0]
+    return int(head) if head.isdigit() else -1
+  return [os.path.join(directory, n) for n in sorted(names, key=step_of, reverse=True)]
+
+
+def warn_incomplete_saves(directory: str) -> list[str]:
+  """Warns about each incomplete save (Orbax ignores them, so a resume or a load falls back to
+  the newest complete checkpoint); returns their paths."""
+  paths = incomplete_saves(directory)
+  if paths and jax.process_index() == 0:
+    for path in paths:
+      logging.warning('ignoring the incomplete checkpoint save %s (interrupted mid-save)', path)
+      print(f'WARNING: ignoring the incomplete checkpoint save {path} (interrupted mid-save); '
+            f'using the newest complete checkpoint', flush=True)
+  return paths

@@ -297,7 +297,12 @@ def write_manifest(output: str, prefix: str, num_shards: int, config, tokenizer,
       'input': input_spec, 'complete': finished == num_shards, 'shards_finished': finished,
       'shards_total': num_shards, 'shard_files': files, **totals,
       'hours': totals['video_seconds'] / 3600.0, 'failed': len(failures), 'failures': failures,
-      'tokenizer': tokenizer.name, 'codebook_size': tokenizer.codebook_size,
+      'tokenizer': tokenizer.name,
+      # What launch.generate / the inspection notebook need to rebuild the decoder.
+      'tokenizer_kind': config.tokenizer.kind,
+      'tokenizer_weights': (os.path.abspath(config.tokenizer.weights)
+                            if config.tokenizer.weights else ''),
+      'codebook_size': tokenizer.codebook_size,
       'frame_h': tokenizer.grid, 'frame_w': tokenizer.grid, 'resolution': tokenizer.resolution,
       'frames_per_clip': int(config.tokenize.frames), 'stride': int(config.tokenize.stride),
       'pattern': os.path.join(os.path.abspath(output), f'{prefix}-*.array_record'),
