@@ -145,6 +145,9 @@ def get_config(arg: str = 'pose') -> ml_collections.ConfigDict:
   config.evaluate.labelmap = ''        # label map ('' = the 60 evaluated classes)
   config.evaluate.exclusions = ''      # excluded timestamps CSV ('' = none)
   config.evaluate.output = 'detections.csv'  # in the workdir
+  # Score only the people with a ground-truth label at the keyframe (as with ground-truth boxes);
+  # False scores every tracked person, as with detected boxes.
+  config.evaluate.annotated_only = False
 
   if variant == 'tiny':
     d.max_frames = 32

@@ -102,6 +102,14 @@ def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
   t.weight_decay = 0.1
   t.clip_norm = 1.0
 
+  if variant == '1b':
+    # Pod sharding (the paper's scale): the whole 256-sequence batch in one forward/backward,
+    # FSDP over every chip (one or more sequences per chip), layers recomputed in the backward
+    # pass. `python -m launch.aot --config configs/toto.py:1b --topology v5p-128` (and v5e-256)
+    # compiles this step for the pod and checks it fits per-chip HBM (README, "TPU pods").
+    t.microbatch_size = 0
+    config.model.remat_policy = 'full'
+
   if variant == 'tiny':
     # CPU demo: 8 frames of 6x6 codes from a 64-code book; 16 sequences of 289 tokens per step.
     config.model.max_len = 8 * 6 * 6 + 1

@@ -80,9 +80,13 @@ def smooth_at(scores: np.ndarray, position: int, width: int) -> np.ndarray:
 
 def detection_rows(dataset: lart_data.LartDataset, scores: list[np.ndarray], *, fps: float,
                    average_frames: int = 12, keyframe_hz: float = 1.0,
-                   keyframes: set[tuple[str, int]] | None = None) -> list[tuple]:
+                   keyframes: set[tuple[str, int]] | None = None,
+                   annotated_only: bool = False) -> list[tuple]:
   """AVA detection rows ``(video_id, timestamp, x1, y1, x2, y2, action_id, score)`` of every
-  track at every keyframe it covers (module docstring)."""
+  track at every keyframe it covers (module docstring). ``annotated_only`` keeps the frames whose
+  tracklet holds a ground-truth label (level 2): scoring the annotated people only, as when
+  evaluating on ground-truth boxes (the synthetic benchmark, whose generator leaves people near
+  the image border unannotated)."""
   from lart_jax import ava
   period = fps / keyframe_hz
   ids = np.asarray(ava.EVALUATED_IDS)
@@ -94,6 +98,8 @@ def detection_rows(dataset: lart_data.LartDataset, scores: list[np.ndarray], *, 
     for p in np.nonzero(on_grid)[0]:
       stamp = int(round(float(frames[p]) / fps))
       if keyframes is not None and (tr.video_id, stamp) not in keyframes:
+        continue
+      if annotated_only and tr.label_level[p] != 2:
         continue
       if not (h[p] > 0 and w[p] > 0):
         continue
@@ -120,7 +126,8 @@ def predict_csv(path: str, dataset: lart_data.LartDataset, params: Any, config, 
                         batch_size=int(ev.batch_size), progress=progress)
   rows = detection_rows(dataset, scores, fps=float(config.data.fps),
                         average_frames=int(ev.average_frames),
-                        keyframe_hz=float(ev.keyframe_hz), keyframes=keyframes)
+                        keyframe_hz=float(ev.keyframe_hz), keyframes=keyframes,
+                        annotated_only=bool(ev.get('annotated_only', False)))
   if not rows:
     raise ValueError(f'{dataset.where}: no keyframe of any tracklet to predict (fps '
                      f'{config.data.fps}, evaluate.keyframe_hz {ev.keyframe_hz}); check data.fps')
