@@ -64,6 +64,12 @@ def model_config(variant: str, arch: str = 'llama') -> ml_collections.ConfigDict
   m.remat_policy = 'none'        # none | full | dots | dots_no_batch
   m.causal = True
   m.attention_impl = ml_collections.config_dict.placeholder(str)  # None (auto) | 'xla' | 'cudnn'
+  # muP (toto_jax/mup.py): width-scaled init, 1/d attention, 1/width readout, per-layer lrs.
+  # On for the a1..a6 scaling family (Table 4.15), tuned at a1's width.
+  m.mup = variant.startswith('a')
+  m.mup_base_width = 256
+  m.dropout = 0.0                # residual dropout / stochastic depth (fine-tuning; 0 in pre-training)
+  m.drop_path = 0.0
   return m
 
 
@@ -101,6 +107,9 @@ def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
   t.b1, t.b2 = 0.9, 0.95
   t.weight_decay = 0.1
   t.clip_norm = 1.0
+
+  if config.model.mup:
+    t.lr = 2 ** -7                     # the muP optimum at every width (Table 4.15)
 
   if variant == '1b':
     # Pod sharding (the paper's scale): the whole 256-sequence batch in one forward/backward,

@@ -16,6 +16,12 @@ dVAE encoder at its released sizes (``dvae``), the VQ tokenizer of ``configs/tok
 (``vq``), and the whole ``launch.tokenize`` job (OpenCV decoding, encoding, shard writing) over
 synthetic 64-frame 160x128 videos (``job``).
 
+  python -m launch.bench lart --config configs/lart.py:pose_appearance [--batch 1] [--seq_len T]
+
+``lart`` times the LART train step (masking, dropout, BCE, AdamW) on random windows of
+``data.max_frames`` x ``data.num_people`` tokens (``--seq_len`` overrides the frames); the
+synthetic accuracy benchmark is ``python -m lart_jax.benchmark``.
+
   python -m launch.bench phalp [--batches 1,16,64] [--capacity 32] [--detections 20] \
       [--frames 200] [--repeats 3] [--reference] [--lmc]
 
@@ -25,6 +31,16 @@ one JSON line per B; compilation is excluded (one untimed call first). ``--refer
 the per-track NumPy implementation ``phalp_jax.reference`` on the same videos (B <= 16: it is
 slow), checks that its rows equal the tracker's and reports the speed ratio. LMC is off unless
 ``--lmc`` (the reference has none; the ratio is only reported without it).
+
+  python -m launch.bench decode --config configs/toto.py:tiny [--prompt_len P] [--new_tokens N]
+  python -m launch.bench decode --config configs/toto.py:base --seq_len 256 --prompt_len 224 \
+      --new_tokens 32 --repeats 3
+
+``decode`` times :func:`toto_jax.sampling.sample` (random weights, temperature 1, top-p 0.95) with
+the key/value cache against recomputing the full context for every new token: same model, same
+prompt, same keys; ``--seq_len`` sets the context (``model.max_len``); default prompt is half of
+it and the new tokens fill the rest. Compilation is excluded (one untimed call per mode); the
+median of ``--repeats`` calls is reported, with the fraction of tokens on which the modes agree.
 """
 
 from __future__ import annotations
@@ -48,28 +64,21 @@ from launch import tasks as tasks_lib
 from launch import train as train_lib
 
 
-def bench_toto(config, seq_len: int | None, batch: int, steps: int, warmup: int) -> dict:
-  from launch.flops import decoder_train_flops_per_token
-  from toto_jax.task import param_counts
-
-  task = tasks_lib.get_task(config)
-  m = config.model
-  length = seq_len or (m.max_len)
-  devices = jax.devices()
-  mesh = shard_lib.make_mesh(config.mesh, devices)
+def time_train_step(task, config, mesh, local_batch: dict, steps: int, warmup: int
+                    ) -> tuple[list[float], float]:
+  """Seconds of each timed call of the trainer's own jitted step (state created sharded, batch
+  placed as the trainer places it, state donated) and the last loss."""
   rules = shard_lib.rules_of(config)
-  config.train.total_steps = max(config.train.total_steps, steps + warmup + 1)
-  config.train.warmup_steps = min(config.train.warmup_steps, 1)
+  batch = len(next(iter(local_batch.values())))
   tx = train_lib.make_tx(task, config.train)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     rng = jax.random.key(0)
     _, shardings = train_lib.state_shardings(task, tx, mesh, rules, rng)
     state = jax.jit(train_lib.make_state_fns(task, tx), out_shardings=shardings)(rng)
     placer = train_lib.BatchPlacer(mesh, rules, task.batch_axes(), 1, batch)
-    tokens = np.random.default_rng(0).integers(4, m.vocab_size, (batch, length + 1), np.int32)
-    batch_arrays = placer({'tokens': tokens})
+    batch_arrays = placer(local_batch)
     step_fn = jax.jit(train_lib.make_train_step(task, tx, shardings['params']),
-                      in_shardings=(shardings, {'tokens': placer.sharding('tokens')},
+                      in_shardings=(shardings, {k: placer.sharding(k) for k in batch_arrays},
                                     shard_lib.replicated(mesh)),
                       out_shardings=(shardings, shard_lib.replicated(mesh)),
                       donate_argnums=(0,))
@@ -80,7 +89,22 @@ def bench_toto(config, seq_len: int | None, batch: int, steps: int, warmup: int)
       jax.block_until_ready((state, metrics))
       if i >= warmup:
         times.append(time.perf_counter() - t)
-    loss = float(metrics['train/loss'])
+    return times, float(metrics['train/loss'])
+
+
+def bench_toto(config, seq_len: int | None, batch: int, steps: int, warmup: int) -> dict:
+  from launch.flops import decoder_train_flops_per_token
+  from toto_jax.task import param_counts
+
+  task = tasks_lib.get_task(config)
+  m = config.model
+  length = seq_len or (m.max_len)
+  devices = jax.devices()
+  mesh = shard_lib.make_mesh(config.mesh, devices)
+  config.train.total_steps = max(config.train.total_steps, steps + warmup + 1)
+  config.train.warmup_steps = min(config.train.warmup_steps, 1)
+  tokens = np.random.default_rng(0).integers(4, m.vocab_size, (batch, length + 1), np.int32)
+  times, loss = time_train_step(task, config, mesh, {'tokens': tokens}, steps, warmup)
 
   counts = param_counts(m)
   flops_per_token = decoder_train_flops_per_token(counts['matmul'], m.num_layers, length, m.dim,
@@ -155,7 +179,98 @@ def bench_torch_reference(config, seq_len: int | None, batch: int, steps: int,
   }
 
 
-BENCHES = {'toto': bench_toto, 'torch_llama': bench_torch_reference}
+def bench_lart(config, seq_len: int | None, batch: int, steps: int, warmup: int) -> dict:
+  """The trainer's LART step (masking, dropout, BCE, AdamW) on random tracklet windows of
+  ``data.max_frames`` x ``data.num_people`` tokens; ``seq_len`` overrides the frames."""
+  from lart_jax import data as lart_data
+  from lart_jax.task import param_counts
+
+  d, m = config.data, config.model
+  if seq_len:
+    d.max_frames = seq_len
+  config.train.epochs = 0  # the step budget below, not the data's epochs
+  task = tasks_lib.get_task(config)
+  task.validate()
+  devices = jax.devices()
+  mesh = shard_lib.make_mesh(config.mesh, devices)
+  config.train.total_steps = max(config.train.total_steps, steps + warmup + 1)
+  config.train.warmup_steps = min(config.train.warmup_steps, 1)
+  rng_np = np.random.default_rng(0)
+  local = {}
+  for name, (shape, dtype) in lart_data.examples_spec(d).items():
+    shape = (batch,) + shape
+    if dtype == np.bool_:
+      local[name] = rng_np.random(shape) < 0.9
+    elif np.issubdtype(dtype, np.integer):
+      local[name] = rng_np.integers(0, 3, shape).astype(dtype)
+    else:
+      local[name] = rng_np.random(shape).astype(dtype)
+  times, loss = time_train_step(task, config, mesh, local, steps, warmup)
+  step_time = statistics.median(times)
+  tokens = batch * task.tokens_per_example()
+  achieved = batch * task.train_flops_per_example() / step_time
+  peak, source = flops_lib.device_peak_flops(devices[0], m.dtype)
+  total_peak = peak if devices[0].platform == 'cpu' else peak * len(devices)
+  return {
+      'bench': 'lart_train_step', 'variant': config.get('variant', ''), 'dtype': m.dtype,
+      'frames': int(d.max_frames), 'people': int(d.num_people),
+      'appearance_dim': int(d.appearance_dim), 'tokens_per_example': task.tokens_per_example(),
+      'batch': batch, 'params': param_counts(m)['total'], 'devices': len(devices),
+      'device_kind': devices[0].device_kind, 'machine': platform.processor() or platform.machine(),
+      'step_time_s_median': step_time, 'step_time_s_all': times,
+      'tokens_per_s': tokens / step_time,
+      'model_flops_per_token': task.train_flops_per_example() / task.tokens_per_example(),
+      'achieved_flops_per_s': achieved, 'peak_flops_per_s': total_peak, 'peak_source': source,
+      'mfu': achieved / total_peak, 'loss': loss,
+  }
+
+
+BENCHES = {'toto': bench_toto, 'torch_llama': bench_torch_reference, 'lart': bench_lart}
+
+
+def bench_decode(config, seq_len: int | None = None, prompt_len: int | None = None,
+                 new_tokens: int | None = None, batch: int = 1, repeats: int = 5) -> dict:
+  """Decode tokens/s of ``toto_jax.sampling.sample`` with the cache and by full recompute."""
+  from toto_jax import sampling
+  from toto_jax.model import Toto
+
+  m = config.model
+  if seq_len:
+    m.max_len = int(seq_len)
+  prompt_len = int(prompt_len or m.max_len // 2)
+  new_tokens = int(new_tokens or m.max_len - prompt_len)
+  if prompt_len < 1 or new_tokens < 1 or prompt_len + new_tokens - 1 > m.max_len:
+    raise ValueError(f'--prompt_len ({prompt_len}) + --new_tokens ({new_tokens}) - 1 must fit in '
+                     f'the context model.max_len ({m.max_len}), both >= 1')
+  shapes = jax.eval_shape(lambda: nn.meta.unbox(
+      Toto(m).init(jax.random.key(0), jnp.zeros((1, 2), jnp.int32))['params']))
+  rng = np.random.default_rng(0)
+  params = jax.device_put(jax.tree_util.tree_map(
+      lambda s: (0.02 * rng.standard_normal(s.shape)).astype(np.float32), shapes))
+  prompt = rng.integers(4, m.vocab_size, (batch, prompt_len), np.int32)
+  record = {'bench': 'toto_decode', 'variant': config.get('variant', ''), 'arch': m.arch,
+            'dtype': m.dtype, 'context': int(m.max_len), 'prompt_len': prompt_len,
+            'new_tokens': new_tokens, 'batch': batch, 'repeats': repeats,
+            'device': jax.devices()[0].platform, 'device_kind': jax.devices()[0].device_kind,
+            'cpu_count': os.cpu_count(), 'jax': jax.__version__}
+  outputs = {}
+  for mode, use_cache in (('cache', True), ('recompute', False)):
+    run = lambda: sampling.sample(m, params, prompt, new_tokens, rng=jax.random.key(0),
+                                  temperature=1.0, top_p=0.95, use_cache=use_cache)
+    t = time.perf_counter()
+    outputs[mode] = run()  # compiles
+    record[f'{mode}_first_call_s'] = time.perf_counter() - t
+    times = []
+    for _ in range(max(repeats, 1)):
+      t = time.perf_counter()
+      run()
+      times.append(time.perf_counter() - t)
+    record[f'{mode}_s_median'] = statistics.median(times)
+    record[f'{mode}_s_all'] = times
+    record[f'{mode}_tokens_per_s'] = batch * new_tokens / statistics.median(times)
+  record['speedup'] = record['cache_tokens_per_s'] / record['recompute_tokens_per_s']
+  record['tokens_agree'] = float(np.mean(outputs['cache'] == outputs['recompute']))
+  return record
 
 
 # ------------------------------------------------------------------------------------------------
@@ -393,16 +508,22 @@ def main(argv) -> None:
   if len(argv) >= 2 and argv[1] == 'tokenizer':
     bench_tokenizer(fl.which, fl.resolution, fl.batch or 16, fl.repeats)
     return
+  if len(argv) >= 2 and argv[1] == 'decode':
+    print(json.dumps(bench_decode(fl.config, fl.seq_len, fl.prompt_len, fl.new_tokens,
+                                  fl.batch or 1, fl.repeats)), flush=True)
+    return
   if len(argv) >= 2 and argv[1] == 'phalp':
     batches = tuple(int(b) for b in fl.batches.split(',') if b.strip())
     bench_phalp(batches, fl.capacity, fl.detections, fl.frames,
                 fl.repeats if fl['repeats'].present else 3, fl.reference, fl.lmc)
     return
   if len(argv) < 2 or argv[1] not in BENCHES:
-    raise SystemExit('usage: python -m launch.bench {toto|torch_llama} --config '
+    raise SystemExit('usage: python -m launch.bench {toto|torch_llama|lart} --config '
                      'configs/toto.py:VARIANT [--seq_len N] [--batch B] [--steps S]\n'
                      '       python -m launch.bench tokenizer [--which dvae|vq|job|all] '
                      '[--resolution R] [--batch B] [--repeats N]\n'
+                     '       python -m launch.bench decode --config configs/toto.py:VARIANT '
+                     '[--seq_len N] [--prompt_len P] [--new_tokens N] [--repeats N]\n'
                      '       python -m launch.bench phalp [--batches 1,16,64] [--capacity K] '
                      '[--detections D] [--frames T] [--repeats N] [--reference] [--lmc]')
   result = BENCHES[argv[1]](fl.config, fl.seq_len, fl.batch or 1, fl.steps, fl.warmup)
@@ -428,6 +549,8 @@ if __name__ == '__main__':
   flags.DEFINE_integer('frames', 200, 'phalp: frames per video.')
   flags.DEFINE_bool('reference', False, 'phalp: also time the NumPy reference (B <= 16).')
   flags.DEFINE_bool('lmc', False, 'phalp: run the tracker with LMC (no reference comparison).')
+  flags.DEFINE_integer('prompt_len', None, 'decode: prompt tokens (default: half the context).')
+  flags.DEFINE_integer('new_tokens', None, 'decode: tokens to generate (default: fill the context).')
   if sys.argv[1:2] not in (['tokenizer'], ['phalp']):
     flags.mark_flags_as_required(['config'])
   app.run(main)

@@ -11,6 +11,13 @@ Every parameter carries logical axis names (``embed``, ``heads``, ``kv_heads``, 
 the config maps them onto the mesh, so the model never names a mesh axis. Layers run under
 ``nn.scan`` (parameters stacked on a leading ``layers`` axis) with a configurable remat policy.
 
+Decoding with a key/value cache: ``Toto(config, decode=True)`` keeps each layer's keys and values in
+a ``cache`` collection (stacked on the ``layers`` axis like the parameters) plus the next position
+``index``; a call on ``[batch, t]`` tokens writes them at ``index .. index + t - 1`` (RoPE and
+sine-cosine positions continue from ``index``) and attends to everything cached so far, so a
+prefill of the prompt followed by one-token calls gives the logits of a full recompute. The
+parameter tree is the same in both modes. See :func:`init_cache` and :mod:`toto_jax.sampling`.
+
 The model takes a ``ml_collections.ConfigDict`` (the ``model`` block of a run config) or any object
 with the same attributes; :func:`padded_vocab_size` gives the embedding rows actually allocated.
 """
@@ -25,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from toto_jax import attention
+from toto_jax import attention, mup
 
 Array = jax.Array
 
@@ -53,8 +60,8 @@ REMAT_POLICIES: dict[str, Callable | None] = {
 }
 
 
-def _dense_init():
-  return nn.initializers.normal(stddev=0.02)
+def _dense_init(stddev: float = 0.02):
+  return nn.initializers.normal(stddev=stddev)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,10 +143,12 @@ class DenseGeneral(nn.Module):
   axes: tuple[str, ...]
   use_bias: bool
   dtype: Any
+  init_std: float = 0.02  # muP scales it for hidden matrices (toto_jax.mup)
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    kernel = self.param('kernel', nn.with_logical_partitioning(_dense_init(), self.axes),
+    kernel = self.param('kernel',
+                        nn.with_logical_partitioning(_dense_init(self.init_std), self.axes),
                         self.in_shape + self.out_shape, jnp.float32)
     # As one 2-D matmul: XLA:CPU runs a weight gradient that contracts over (batch, length)
     # about 3x slower than the same contraction over one flattened axis; elsewhere it is free.
@@ -166,6 +175,8 @@ class Attention(nn.Module):
   causal kernel on CPU; ``config.attention_impl`` forces one.
   """
   config: Any
+  decode: bool = False
+  cache_len: int | None = None
 
   @nn.compact
   def __call__(self, x: Array, positions: Array, key_mask: Array | None = None) -> Array:
@@ -174,22 +185,52 @@ class Attention(nn.Module):
     d, h, kvh = cfg.dim, cfg.num_heads, cfg.num_kv_heads or cfg.num_heads
     hd = d // h
     bias = cfg.arch == 'gpt2'
-    q = DenseGeneral((d,), (h, hd), ('embed', 'heads', 'head_dim'), bias, dtype, name='query')(x)
-    k = DenseGeneral((d,), (kvh, hd), ('embed', 'kv_heads', 'head_dim'), bias, dtype,
+    std = mup.hidden_init_std(cfg)
+    q = DenseGeneral((d,), (h, hd), ('embed', 'heads', 'head_dim'), bias, dtype, std,
+                     name='query')(x)
+    k = DenseGeneral((d,), (kvh, hd), ('embed', 'kv_heads', 'head_dim'), bias, dtype, std,
                      name='key')(x)
-    v = DenseGeneral((d,), (kvh, hd), ('embed', 'kv_heads', 'head_dim'), bias, dtype,
+    v = DenseGeneral((d,), (kvh, hd), ('embed', 'kv_heads', 'head_dim'), bias, dtype, std,
                      name='value')(x)
     if cfg.arch == 'llama':
       q = apply_rope(q, positions, cfg.rope_base)
       k = apply_rope(k, positions, cfg.rope_base)
+    if mup.enabled(cfg):  # attention logits ~ 1/head_dim (toto_jax.mup.query_multiplier)
+      q = q * mup.query_multiplier(cfg)
     q = nn.with_logical_constraint(q, ('act_batch', 'act_length', 'act_heads', None))
     k = nn.with_logical_constraint(k, ('act_batch', 'act_length', 'act_kv_heads', None))
     v = nn.with_logical_constraint(v, ('act_batch', 'act_length', 'act_kv_heads', None))
-    out = attention.dot_product_attention(q, k, v, causal=cfg.causal,
-                                          implementation=cfg.attention_impl, key_mask=key_mask)
+    if self.decode:
+      out = self._cached_attention(q, k, v, positions, key_mask)
+    else:
+      out = attention.dot_product_attention(q, k, v, causal=cfg.causal,
+                                            implementation=cfg.attention_impl, key_mask=key_mask)
     out = nn.with_logical_constraint(out, ('act_batch', 'act_length', 'act_heads', None))
-    return DenseGeneral((h, hd), (d,), ('heads', 'head_dim', 'embed'), bias, dtype,
+    return DenseGeneral((h, hd), (d,), ('heads', 'head_dim', 'embed'), bias, dtype, std,
                         name='out')(out)
+
+  def _cached_attention(self, q: Array, k: Array, v: Array, positions: Array,
+                        key_mask: Array | None) -> Array:
+    """Writes ``k``/``v`` into the cache at ``positions[0]`` and attends over the whole cache;
+    a query at position ``p`` sees the cached keys ``0..p`` (all of them without ``config.causal``
+    would also see unwritten slots, so decoding requires a causal model)."""
+    if not self.config.causal:
+      raise ValueError('decoding with a key/value cache needs model.causal = True')
+    if key_mask is not None:
+      raise ValueError('decoding with a key/value cache does not take a key_mask')
+    b, _, kvh, hd = k.shape
+    length = self.cache_len or self.config.max_len
+    cached_k = self.variable('cache', 'cached_key', jnp.zeros, (b, length, kvh, hd), k.dtype)
+    cached_v = self.variable('cache', 'cached_value', jnp.zeros, (b, length, kvh, hd), v.dtype)
+    if not self.is_initializing():  # init only allocates the (empty) cache
+      start = positions[0, 0]
+      cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k.astype(cached_k.value.dtype),
+                                                    (0, start, 0, 0))
+      cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v.astype(cached_v.value.dtype),
+                                                    (0, start, 0, 0))
+    visible = jnp.arange(length)[None, None, None, :] <= positions[:, None, :, None]
+    return jax.nn.dot_product_attention(q, cached_k.value.astype(q.dtype),
+                                        cached_v.value.astype(q.dtype), mask=visible)
 
 
 class Mlp(nn.Module):
@@ -201,15 +242,16 @@ class Mlp(nn.Module):
     cfg = self.config
     dtype = compute_dtype(cfg)
     d, m = cfg.dim, cfg.mlp_dim
+    std = mup.hidden_init_std(cfg)
     if cfg.arch == 'gpt2':
-      hidden = DenseGeneral((d,), (m,), ('embed', 'mlp'), True, dtype, name='up')(x)
+      hidden = DenseGeneral((d,), (m,), ('embed', 'mlp'), True, dtype, std, name='up')(x)
       hidden = nn.gelu(hidden, approximate=True)
     else:
-      gate = DenseGeneral((d,), (m,), ('embed', 'mlp'), False, dtype, name='gate')(x)
-      up = DenseGeneral((d,), (m,), ('embed', 'mlp'), False, dtype, name='up')(x)
+      gate = DenseGeneral((d,), (m,), ('embed', 'mlp'), False, dtype, std, name='gate')(x)
+      up = DenseGeneral((d,), (m,), ('embed', 'mlp'), False, dtype, std, name='up')(x)
       hidden = nn.silu(gate) * up
     hidden = nn.with_logical_constraint(hidden, ('act_batch', 'act_length', 'act_mlp'))
-    return DenseGeneral((m,), (d,), ('mlp', 'embed'), cfg.arch == 'gpt2', dtype,
+    return DenseGeneral((m,), (d,), ('mlp', 'embed'), cfg.arch == 'gpt2', dtype, std,
                         name='down')(hidden)
 
 
@@ -231,6 +273,8 @@ class Block(nn.Module):
   config: Any
   emit_hidden: bool = False
   deterministic: bool = True
+  decode: bool = False
+  cache_len: int | None = None
 
   def _branch(self, y: Array) -> Array:
     cfg = self.config
@@ -246,8 +290,8 @@ class Block(nn.Module):
   @nn.compact
   def __call__(self, x: Array, positions: Array, key_mask: Array | None = None
                ) -> tuple[Array, Array | None]:
-    attn = Attention(self.config, name='attn')(norm(self.config, 'attn_norm')(x), positions,
-                                               key_mask)
+    attn = Attention(self.config, self.decode, self.cache_len, name='attn')(
+        norm(self.config, 'attn_norm')(x), positions, key_mask)
     x = x + self._branch(attn)
     x = x + self._branch(Mlp(self.config, name='mlp')(norm(self.config, 'mlp_norm')(x)))
     x = nn.with_logical_constraint(x, ('act_batch', 'act_length', 'act_embed'))
@@ -255,6 +299,7 @@ class Block(nn.Module):
 
 
 def scanned_layers(config: Any, *, emit_hidden: bool = False, deterministic: bool = True,
+                   decode: bool = False, cache_len: int | None = None,
                    name: str = 'layers') -> nn.Module:
   """``config.num_layers`` blocks under ``nn.scan`` (parameters stacked on a leading ``layers``
   axis) with the configured remat policy: the transformer body Toto and LART share.
@@ -262,22 +307,25 @@ def scanned_layers(config: Any, *, emit_hidden: bool = False, deterministic: boo
   Call it inside a parent's ``nn.compact`` method; the module it returns maps
   ``(x, positions, key_mask)`` (pass ``None`` for no mask) to ``(x, hidden)``, where ``hidden`` stacks every layer's
   output ``[layers, batch, length, dim]`` when ``emit_hidden`` and is ``None`` otherwise.
+  With ``decode`` every layer keeps a key/value cache of ``cache_len`` (default
+  ``config.max_len``) positions in the ``cache`` collection, stacked on the ``layers`` axis; remat
+  is off (decoding takes no gradients).
   """
   block = Block
-  if config.remat_policy != 'none':
+  if config.remat_policy != 'none' and not decode:
     if config.remat_policy not in REMAT_POLICIES:
       raise ValueError(f'model.remat_policy must be one of {sorted(REMAT_POLICIES)}, '
                        f'got {config.remat_policy!r}')
     block = nn.remat(Block, policy=REMAT_POLICIES[config.remat_policy], prevent_cse=False)
   layers = nn.scan(
       block,
-      variable_axes={'params': 0},
+      variable_axes={'params': 0, 'cache': 0},
       split_rngs={'params': True, 'dropout': True},
       in_axes=(nn.broadcast, nn.broadcast),
       length=config.num_layers,
       metadata_params={nn.PARTITION_NAME: 'layers'},
   )
-  return layers(config, emit_hidden, deterministic, name=name)
+  return layers(config, emit_hidden, deterministic, decode, cache_len, name=name)
 
 
 class Toto(nn.Module):
@@ -286,8 +334,14 @@ class Toto(nn.Module):
   ``V`` is the padded vocabulary; entries at and beyond ``config.vocab_size`` are never targets and
   the loss masks them. With ``return_hidden=True`` it also returns the residual stream after every
   layer (stacked [layers, batch, length, dim]) for probing.
+
+  With ``decode=True`` (apply with ``mutable=['cache']``; :func:`init_cache` makes an empty cache)
+  positions come from the cache's ``index`` and advance by the call's length; ``cache_len`` is the
+  cache size in tokens (default ``config.max_len``).
   """
   config: Any
+  decode: bool = False
+  cache_len: int | None = None
 
   @nn.compact
   def __call__(self, tokens: Array, positions: Array | None = None,
@@ -295,6 +349,15 @@ class Toto(nn.Module):
     cfg = self.config
     dtype = compute_dtype(cfg)
     vocab = padded_vocab_size(cfg.vocab_size)
+    if self.decode:
+      if positions is not None:
+        raise ValueError('Toto(decode=True) takes its positions from the cache index; '
+                         'do not pass positions')
+      index = self.variable('cache', 'index', lambda: jnp.zeros((), jnp.int32))
+      positions = jnp.broadcast_to(index.value + jnp.arange(tokens.shape[1], dtype=jnp.int32),
+                                   tokens.shape)
+      if not self.is_initializing():
+        index.value = index.value + tokens.shape[1]
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
 
@@ -305,12 +368,38 @@ class Toto(nn.Module):
       x = x + jnp.asarray(sincos_positions(cfg.max_len, cfg.dim), dtype)[positions]
     x = nn.with_logical_constraint(x, ('act_batch', 'act_length', 'act_embed'))
 
-    x, hidden = scanned_layers(cfg, emit_hidden=return_hidden)(x, positions, None)
+    x, hidden = scanned_layers(cfg, emit_hidden=return_hidden, decode=self.decode,
+                               cache_len=self.cache_len)(x, positions, None)
     x = norm(cfg, 'final_norm')(x)
     logits = DenseGeneral((cfg.dim,), (vocab,), ('embed', 'vocab'), False, dtype,
                           name='lm_head')(x)
+    if mup.enabled(cfg):  # muP readout: logits x 1/width_mult (toto_jax.mup)
+      logits = logits * mup.readout_multiplier(cfg)
     logits = nn.with_logical_constraint(logits.astype(jnp.float32),
                                         ('act_batch', 'act_length', 'act_vocab'))
     if return_hidden:
       return logits, hidden
     return logits
+
+
+def cache_length(config, cache_len: int | None = None) -> int:
+  """Tokens a decode cache holds: ``cache_len`` or ``config.max_len``; the GPT-2 variant's
+  absolute position table stops at ``max_len``, so its cache cannot be longer."""
+  length = int(cache_len or config.max_len)
+  if length < 1:
+    raise ValueError(f'cache length must be positive, got {length}')
+  if config.arch == 'gpt2' and length > config.max_len:
+    raise ValueError(f'a gpt2 cache of {length} tokens exceeds model.max_len ({config.max_len}): '
+                     f'its sine-cosine position table has max_len rows')
+  return length
+
+
+def init_cache(config, batch: int, cache_len: int | None = None) -> dict:
+  """An empty decode cache for ``batch`` sequences of up to ``cache_len`` tokens (default
+  ``config.max_len``): ``{'index': 0, 'layers': {'attn': {'cached_key', 'cached_value'}}}`` with
+  keys/values ``[layers, batch, cache_len, kv_heads, head_dim]`` in the compute dtype. Built from
+  shapes only (no parameter initialisation runs)."""
+  length = cache_length(config, cache_len)
+  model = Toto(config, decode=True, cache_len=length)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((batch, 1), jnp.int32)))
+  return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes['cache'])

@@ -90,6 +90,14 @@ class TotoTask:
     nll, weight, correct = next_token_loss(logits, tokens[:, 1:], self.config.model.vocab_size)
     return nll, {'weight': weight, 'accuracy': correct}
 
+  def lr_scales(self, params) -> Any:
+    """muP per-parameter learning-rate multipliers (:func:`toto_jax.mup.lr_scales`) when
+    ``model.mup`` is on; ``None`` (one learning rate for all) otherwise."""
+    from toto_jax import mup
+    if not mup.enabled(self.config.model):
+      return None
+    return mup.lr_scales(params, self.config.model)
+
   def batch_axes(self) -> dict[str, tuple[str | None, ...]]:
     return {'tokens': ('act_batch', None)}
 
