@@ -1,6 +1,6 @@
 # Everything a fresh machine needs: python3, make and the package index.
 #   make demo   - sprite videos -> VQ tokenizer -> token shards -> Toto tiny -> pictures (< 10 min on 2 CPU cores)
-#   make test   - the whole test suite (8 simulated CPU devices)
+#   make test   - the whole test suite (8 simulated CPU devices, 2 pytest workers; ~9 min on 2 cores)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -31,7 +31,7 @@ demo: install
 	$(BIN)/python -m launch.demo --workdir $(DEMO_DIR)
 
 test: install-test
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 params: install
 	$(BIN)/python -m launch.params
