@@ -46,6 +46,7 @@ from launch import tasks as tasks_lib  # noqa: E402
 from launch import train as train_lib  # noqa: E402
 from launch.sharding import ConfigError  # noqa: E402
 from launch.tpu_pod import Accelerator, parse_accelerator  # noqa: E402
+from phalp_jax import io as io_lib  # noqa: E402
 
 
 def topology_devices(acc: Accelerator, num_slices: int = 1) -> list:
@@ -226,16 +227,6 @@ def check(config, acc: Accelerator, *, num_slices: int = 1, mfu: float = 0.5,
   return Report(fits, summary)
 
 
-def write_json(path: str, summary: dict) -> None:
-  """Writes ``summary`` atomically (temporary file, then rename)."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  tmp = f'{path}.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(summary, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
-
-
 def main(argv) -> None:
   from absl import flags
   del argv
@@ -255,7 +246,7 @@ def main(argv) -> None:
   print(report.table())
   print(json.dumps(report.summary, sort_keys=True))
   if f.output:
-    write_json(f.output, report.summary)
+    io_lib.write_json(f.output, report.summary, sort_keys=True)
   sys.exit(0 if report.fits else 1)
 
 

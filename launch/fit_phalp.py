@@ -100,6 +100,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   """Runs the fit; returns the JSON payload it wrote."""
   args = parse_args(argv)
   from phalp_jax import fit as fit_lib
+  from phalp_jax import io as io_lib
   from phalp_jax.state import VECTOR_FIELDS, PhalpParams
 
   t0 = time.time()
@@ -144,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         'before': fit_lib.evaluate(dets, initial, gts, capacity),
         'after': fit_lib.evaluate(dets, fitted, gts, capacity)}
   payload['seconds'] = round(time.time() - t0, 1)
-  fit_lib.write_json(args.output, payload)
+  io_lib.write_json(args.output, payload)
   print(f'[fit_phalp] objective {result.objective_before:.5f} -> {result.objective_after:.5f} '
         f'after {result.evaluations} evaluations; wrote {args.output}', file=sys.stderr,
         flush=True)

@@ -32,6 +32,9 @@ from typing import Any
 
 import numpy as np
 
+from phalp_jax import io as io_lib
+from tokenizers_jax.pictures import save_figure
+
 RESULTS = 'label_prop.json'
 PICTURE = 'label_prop.png'
 DEPTH_PLOT = 'jf_vs_depth.png'
@@ -161,7 +164,7 @@ def picture(path: str, clips: np.ndarray, labels: np.ndarray, pred: np.ndarray, 
         ax.set_title('frame 1 (given)' if c == 0 else f'frame {c + 1}', fontsize=8)
   fig.suptitle(title, fontsize=9)
   fig.tight_layout()
-  _save_figure(fig, path)
+  save_figure(fig, path)
 
 
 def depth_plot(path: str, result: dict) -> None:
@@ -184,15 +187,7 @@ def depth_plot(path: str, result: dict) -> None:
   ax.legend(fontsize=7)
   ax.set_title('label propagation vs depth', fontsize=9)
   fig.tight_layout()
-  _save_figure(fig, path)
-
-
-def _save_figure(fig, path: str) -> None:
-  import matplotlib.pyplot as plt
-  tmp = f'{path}.tmp.png'
-  fig.savefig(tmp, dpi=110)
-  plt.close(fig)
-  os.replace(tmp, path)
+  save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -215,7 +210,6 @@ def main(argv: list[str] | None = None) -> dict:
   p.add_argument('--no_progress', action='store_true')
   args = p.parse_args(argv)
 
-  from launch import aot
   from launch import checkpoint as ckpt_lib
   from launch import probe as probe_cli
   try:
@@ -254,7 +248,7 @@ def main(argv: list[str] | None = None) -> dict:
              'layers': {str(d): v for d, v in result['layers'].items()},
              'best': result['best'], 'first_frame_copy': result['first_frame_copy'],
              'code_ids': result['code_ids'], 'seconds': time.time() - t0}
-  aot.write_json(os.path.join(args.output, RESULTS), summary)
+  io_lib.write_json(os.path.join(args.output, RESULTS), summary, sort_keys=True)
   print(f'{"layer":>8} {"J":>7} {"F":>7} {"J&F":>7}')
   rows = [(str(d), result['layers'][d]) for d in layers]
   rows += [('copy f1', result['first_frame_copy']), ('code ids', result['code_ids'])]

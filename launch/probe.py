@@ -33,6 +33,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from phalp_jax import io as io_lib
+
 RESULTS = 'probe_results.json'
 PLOT = 'accuracy_vs_depth.png'
 
@@ -143,7 +145,6 @@ def run_probes(workdir: str, train_tokens: np.ndarray, train_y: np.ndarray,
                extra: dict | None = None) -> dict:
   """Features of the run at ``workdir`` for both splits, the probes of ``kinds`` on every
   selected layer, then ``probe_results.json`` and ``accuracy_vs_depth.png`` in ``output``."""
-  from launch import aot
   from launch import checkpoint as ckpt_lib
   from toto_jax import data as token_data
   from toto_jax import probe as probe_lib
@@ -198,37 +199,12 @@ def run_probes(workdir: str, train_tokens: np.ndarray, train_y: np.ndarray,
   best = max(results, key=lambda r: r.best_accuracy)
   out['best'] = {'probe': best.kind, 'layer': depths[best.best_layer - 1],
                  'accuracy': best.best_accuracy}
-  aot.write_json(os.path.join(output, RESULTS), out)
-  _plot(results, depths, chance, os.path.join(output, PLOT),
-        f'{os.path.basename(os.path.normpath(workdir))} (step {run["step"]}, '
-        f'{out["attention"]} attention): {num_classes} classes, {len(eval_y)} held-out')
+  io_lib.write_json(os.path.join(output, RESULTS), out, sort_keys=True)
+  title = (f'{os.path.basename(os.path.normpath(workdir))} (step {run["step"]}, '
+           f'{out["attention"]} attention): {num_classes} classes, {len(eval_y)} held-out')
+  probe_lib.plot_accuracy_vs_depth(results, os.path.join(output, PLOT), chance=chance,
+                                   depths=depths, title=title)
   return out
-
-
-def _plot(results, depths: list[int], chance: float, path: str, title: str) -> None:
-  from toto_jax import probe as probe_lib
-  if depths == list(range(1, len(depths) + 1)):
-    probe_lib.plot_accuracy_vs_depth(results, path, chance=chance, title=title)
-    return
-  # A subset of layers: the plot's x axis must show the real depths.
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-
-  from tokenizers_jax.pictures import _save_figure
-  fig, ax = plt.subplots(figsize=(6.4, 4.2))
-  for r in results:
-    ax.plot(depths, np.asarray(r.eval_accuracy) * 100, 'o-', label=f'{r.kind} (held-out)')
-  ax.axhline(chance * 100, color='gray', ls='--', label=f'majority class {chance:.1%}')
-  ax.set_xticks(depths)
-  ax.set_xlabel('layer (depth)')
-  ax.set_ylabel('top-1 accuracy (%)')
-  ax.set_title(title, fontsize=9)
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  _save_figure(fig, path)
-  plt.close(fig)
 
 
 def format_table(out: dict) -> str:

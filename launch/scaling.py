@@ -23,6 +23,7 @@ import sys
 
 import numpy as np
 
+from phalp_jax import io as io_lib
 from toto_jax import scaling
 
 
@@ -82,7 +83,7 @@ def main(argv) -> None:
     sys.exit(2)
   out = f.output or f.sweep
   curves = fit.pop('curves')
-  scaling.write_json(os.path.join(out, 'scaling_fit.json'), fit)
+  io_lib.write_json(os.path.join(out, 'scaling_fit.json'), fit)
   kind = 'muP' if fit['parameterisation'] == 'mup' else 'standard parameterisation'
   scaling.plot_power_law(fit['points'], fit, os.path.join(out, 'scaling.png'), curves=curves,
                          title=f'{kind}, {f.mode} points, synthetic tokens (our figures)')

@@ -33,6 +33,8 @@ import numpy as np
 
 from toto_jax import mup as mup_lib
 from toto_jax import scaling
+from phalp_jax import io as io_lib
+from tokenizers_jax.pictures import save_figure
 
 _POW = re.compile(r'^\s*(-?[0-9.]+)\s*\^\s*(-?[0-9.]+)\s*$')
 
@@ -133,7 +135,7 @@ def run_one(config, workdir: str, devices: Sequence | None = None) -> dict:
             'steps': int(config.train.total_steps), 'train_loss': train_loss,
             'eval_loss': eval_loss, 'macs': scaling.run_compute(config),
             'params': param_counts(config.model), 'curve': curve}
-  scaling.write_json(os.path.join(workdir, 'result.json'), result)
+  io_lib.write_json(os.path.join(workdir, 'result.json'), result)
   return result
 
 
@@ -171,7 +173,7 @@ def plot_sweep(runs: Sequence[dict], path: str, *, title: str, key: str = 'eval_
   ax.grid(True, alpha=0.3)
   ax.legend(fontsize=8)
   fig.tight_layout()
-  scaling.save_figure(fig, path)
+  save_figure(fig, path, dpi=120)
 
 
 def sweep(config, widths: Sequence[int], lrs: Sequence[float], steps: int, workdir: str, *,
@@ -202,7 +204,7 @@ def sweep(config, widths: Sequence[int], lrs: Sequence[float], steps: int, workd
                           'train_loss': r['train_loss'], 'macs': r['macs']}
                  for w, r in best.items()},
         'runs': runs})
-    scaling.write_json(out_path, summary)
+    io_lib.write_json(out_path, summary)
 
   bar = tqdm(pairs, desc=f'sweep ({kind})', unit='run', disable=not progress)
   for width, lr in bar:
@@ -220,7 +222,7 @@ def sweep(config, widths: Sequence[int], lrs: Sequence[float], steps: int, workd
       cfg = run_config(config, width, lr, steps, use_mup=use_mup, base_width=base_width)
       result = run_one(cfg, run_dir, devices)
       result['seconds'] = time.perf_counter() - start
-      scaling.write_json(done, result)
+      io_lib.write_json(done, result)
       runs.append(result)
     write()
   plot_sweep(runs, os.path.join(workdir, 'sweep.png'),

@@ -20,7 +20,6 @@ r"""Turns a folder of videos or images, or a TFDS split, into token shards for T
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import csv
 import dataclasses
@@ -32,6 +31,8 @@ import zlib
 from typing import Any, Iterator
 
 import numpy as np
+
+from phalp_jax import io as io_lib
 
 MANIFEST = 'manifest.json'
 
@@ -148,13 +149,6 @@ def _decode(item: Item, config, tfds_source) -> Decoded:
 # Shards
 # ------------------------------------------------------------------------------------------------
 
-def _write_json(path: str, obj: Any) -> None:
-  tmp = f'{path}.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=1)
-  os.replace(tmp, path)
-
-
 def _stats_path(output: str, prefix: str, index: int) -> str:
   return os.path.join(output, f'{prefix}-{index:05d}.stats.json')
 
@@ -225,7 +219,7 @@ def tokenize_shard(tokenizer, items: list[Item], config, output: str, prefix: st
     path = shards.shard_path(output, prefix, index)
     shards.write_shard(path, records)
     stats['file'] = os.path.basename(path)
-  _write_json(_stats_path(output, prefix, index), stats)
+  io_lib.write_json(_stats_path(output, prefix, index), stats)
   return stats
 
 
@@ -307,7 +301,7 @@ def write_manifest(output: str, prefix: str, num_shards: int, config, tokenizer,
       'frames_per_clip': int(config.tokenize.frames), 'stride': int(config.tokenize.stride),
       'pattern': os.path.join(os.path.abspath(output), f'{prefix}-*.array_record'),
   }
-  _write_json(os.path.join(output, MANIFEST), manifest)
+  io_lib.write_json(os.path.join(output, MANIFEST), manifest)
   return manifest
 
 

@@ -258,12 +258,6 @@ def evaluate(detections: Sequence[io_lib.Detections], params: PhalpParams,
   return out
 
 
-def write_json(path: str, payload: dict[str, Any]) -> None:
-  """Writes ``payload`` as indented JSON, atomically (a temporary file, then a rename)."""
-  text = (json.dumps(payload, indent=2, sort_keys=False) + '\n').encode()
-  io_lib.atomic_write(os.fspath(path), lambda f: f.write(text))
-
-
 def load_params(path: str | os.PathLike, **overrides: Any) -> PhalpParams:
   """The :class:`PhalpParams` a ``launch.fit_phalp`` JSON file holds (``vector`` plus the
   ``other_params`` it was fitted with), with ``overrides`` applied."""

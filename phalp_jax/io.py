@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import configparser
 import dataclasses
+import json
 import logging
 import os
 import pickle
@@ -331,6 +332,13 @@ def load_npz(path: str | os.PathLike) -> Detections:
   if 'num_frames' in kwargs:
     kwargs['num_frames'] = int(kwargs['num_frames'])
   return sanitize(Detections(source=path, **kwargs))
+
+
+def write_json(path: str | os.PathLike, obj: Any, *, indent: int = 2,
+               sort_keys: bool = False) -> None:
+  """Writes ``obj`` as JSON (with a final newline) through :func:`atomic_write`."""
+  text = (json.dumps(obj, indent=indent, sort_keys=sort_keys) + '\n').encode()
+  atomic_write(os.fspath(path), lambda f: f.write(text))
 
 
 def atomic_write(path: str, write) -> None:

@@ -43,16 +43,19 @@ def reconstruction_grid(originals: np.ndarray, reconstructions: np.ndarray, path
   fig.suptitle(title or f'originals (upper) vs reconstructions (lower); mean PSNR '
                f'{scores.mean():.2f} dB', fontsize=9)
   fig.tight_layout()
-  _save_figure(fig, path)
-  plt.close(fig)
+  save_figure(fig, path)
   return float(scores.mean())
 
 
-def _save_figure(fig, path: str) -> None:
+def save_figure(fig, path: str, dpi: int = 110) -> None:
+  """Saves a matplotlib figure atomically (temporary file, then rename) and closes it."""
+  import matplotlib.pyplot as plt
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f'{path}.tmp.png'
-  fig.savefig(tmp, dpi=110)
+  root, ext = os.path.splitext(path)
+  tmp = f'{root}.tmp{ext or ".png"}'
+  fig.savefig(tmp, dpi=dpi)
   os.replace(tmp, path)
+  plt.close(fig)
 
 
 def clip_strip(rows: Sequence[np.ndarray], labels: Sequence[str], path: str,
@@ -80,8 +83,7 @@ def clip_strip(rows: Sequence[np.ndarray], labels: Sequence[str], path: str,
   if title:
     fig.suptitle(title, fontsize=9)
   fig.tight_layout()
-  _save_figure(fig, path)
-  plt.close(fig)
+  save_figure(fig, path)
 
 
 def codes_to_video(tokenizer, codes: np.ndarray, path: str, fps: float = 4.0,

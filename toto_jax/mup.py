@@ -186,7 +186,7 @@ def plot_coord_check(checks: dict[str, dict], path: str) -> None:
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
 
-  from toto_jax.scaling import save_figure
+  from tokenizers_jax.pictures import save_figure
 
   fig, axes = plt.subplots(2, len(checks), figsize=(4.2 * len(checks), 7), squeeze=False)
   for col, (title, check) in enumerate(checks.items()):
@@ -204,4 +204,4 @@ def plot_coord_check(checks: dict[str, dict], path: str) -> None:
       ax.grid(True, which='both', alpha=0.3)
   axes[0, 0].legend(fontsize=7)
   fig.tight_layout()
-  save_figure(fig, path)
+  save_figure(fig, path, dpi=120)

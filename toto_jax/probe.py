@@ -398,32 +398,33 @@ def probe_layers(kind: str, train: Features, train_y: np.ndarray, evaluation: Fe
 # ---------------------------------------------------------------------------------------------
 
 def plot_accuracy_vs_depth(results: Sequence[ProbeResult], path: str, *, chance: float | None = None,
-                           title: str = '') -> None:
+                           title: str = '', depths: Sequence[int] | None = None) -> None:
   """Held-out accuracy against layer depth, one line per probe kind, the best layer marked;
-  written atomically as a PNG."""
+  written atomically as a PNG. ``depths``: the real depth of each probed layer when only some
+  were probed (default 1..L)."""
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
 
-  from tokenizers_jax.pictures import _save_figure
+  from tokenizers_jax.pictures import save_figure
 
   fig, ax = plt.subplots(figsize=(6.4, 4.2))
   for r in results:
-    depth = np.arange(1, len(r.eval_accuracy) + 1)
+    depth = np.asarray(depths) if depths is not None else np.arange(1, len(r.eval_accuracy) + 1)
     line, = ax.plot(depth, np.asarray(r.eval_accuracy) * 100, 'o-',
-                    label=f'{r.kind} held-out (best {r.best_accuracy:.1%} @ layer {r.best_layer})')
+                    label=f'{r.kind} held-out (best {r.best_accuracy:.1%} @ layer '
+                          f'{depth[r.best_layer - 1]})')
     ax.plot(depth, np.asarray(r.train_accuracy) * 100, ':', color=line.get_color(), alpha=0.6,
             label=f'{r.kind} train')
-    ax.plot([r.best_layer], [r.best_accuracy * 100], '*', ms=14, color=line.get_color())
+    ax.plot([depth[r.best_layer - 1]], [r.best_accuracy * 100], '*', ms=14,
+            color=line.get_color())
   if chance is not None:
     ax.axhline(chance * 100, color='gray', ls='--', label=f'majority class {chance:.1%}')
-  num_layers = max(len(r.eval_accuracy) for r in results)
-  ax.set_xticks(np.arange(1, num_layers + 1))
+  ax.set_xticks(depth)
   ax.set_xlabel('layer (depth)')
   ax.set_ylabel('top-1 accuracy (%)')
   ax.set_title(title or 'Probe accuracy against depth')
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   fig.tight_layout()
-  _save_figure(fig, path)
-  plt.close(fig)
+  save_figure(fig, path)

@@ -12,9 +12,7 @@ parameters plus ``6 L T D`` attention (halved when causal).
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from typing import Any, Sequence
 
 import numpy as np
@@ -138,26 +136,6 @@ def frontier(compute: Sequence[float], loss: Sequence[float]) -> tuple[np.ndarra
 # Files and pictures
 # ---------------------------------------------------------------------------------------------
 
-def write_json(path: str, obj: Any) -> None:
-  """Writes ``obj`` as JSON atomically (a temporary file in the same directory, then rename)."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f'{path}.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=1)
-  os.replace(tmp, path)
-
-
-def save_figure(fig, path: str, dpi: int = 120) -> None:
-  """Saves a matplotlib figure atomically and closes it."""
-  import matplotlib.pyplot as plt
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  root, ext = os.path.splitext(path)
-  tmp = f'{root}.tmp{ext or ".png"}'
-  fig.savefig(tmp, dpi=dpi)
-  os.replace(tmp, path)
-  plt.close(fig)
-
-
 def plot_power_law(points: Sequence[dict], fit: dict, path: str, *, title: str = '',
                    curves: Sequence[dict] = ()) -> None:
   """Log-log plot of loss vs training MACs: the fitted points (``{'macs', 'loss', 'label'}``),
@@ -192,4 +170,5 @@ def plot_power_law(points: Sequence[dict], fit: dict, path: str, *, title: str =
   ax.grid(True, which='both', alpha=0.3)
   ax.legend(fontsize=7, loc='best')
   fig.tight_layout()
-  save_figure(fig, path)
+  from tokenizers_jax.pictures import save_figure
+  save_figure(fig, path, dpi=120)
