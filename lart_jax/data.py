@@ -184,10 +184,22 @@ def synthetic_config(data_cfg: ml_collections.ConfigDict) -> Any:
     raise ValueError(f'data.synthetic: {e}') from None
 
 
-def _synthetic_videos(data_cfg, num_videos: int, seed: int) -> list[list[dict]]:
+def synthetic_split(data_cfg, split: str) -> tuple[int, int]:
+  """``(number of videos, seed)`` of the in-memory synthetic ``'train'`` or ``'eval'`` split
+  (``data.input = ''``): the one place both are derived."""
+  seed = _int_field(data_cfg, 'synthetic_seed', 0, default=0)
+  if split == 'train':
+    return _int_field(data_cfg, 'synthetic_videos', 1, default=8), seed
+  return (_int_field(data_cfg, 'synthetic_eval_videos', 0, default=4),
+          token_data.derive_seed(seed, _SALT_EVAL_VIDEOS))
+
+
+def synthetic_videos(data_cfg, split: str) -> list[list[dict]]:
+  """The generator's track dicts of a synthetic split (:func:`synthetic_split`), e.g. to write
+  the held-out split's AVA ground truth."""
   from lart_jax import synthetic  # pylint: disable=g-import-not-at-top
-  return synthetic.make_videos(synthetic_config(data_cfg), num_videos, seed,
-                               progress=num_videos >= 50)
+  n, seed = synthetic_split(data_cfg, split)
+  return synthetic.make_videos(synthetic_config(data_cfg), n, seed, progress=n >= 50)
 
 
 def load_dataset(data_cfg: ml_collections.ConfigDict, split: str = 'train') -> LartDataset | None:
@@ -209,18 +221,13 @@ def load_dataset(data_cfg: ml_collections.ConfigDict, split: str = 'train') -> L
     make = lambda: LartDataset(tracklets_lib.load_dir(inp, field='data.input', **kw),
                                'data.input')
   else:
-    seed = _int_field(data_cfg, 'synthetic_seed', 0, default=0)
-    if split == 'train':
-      n = _int_field(data_cfg, 'synthetic_videos', 1, default=8)
-    else:
-      n = _int_field(data_cfg, 'synthetic_eval_videos', 0, default=4)
-      seed = token_data.derive_seed(seed, _SALT_EVAL_VIDEOS)
-      if n == 0:
-        return None
+    n, seed = synthetic_split(data_cfg, split)
+    if n == 0:
+      return None
     key = ('synthetic', n, seed, repr(sorted(data_cfg.to_dict().items())) if hasattr(
         data_cfg, 'to_dict') else repr(data_cfg))
     where = f'data.synthetic ({split})'
-    make = lambda: LartDataset(tracklets_lib.from_dicts(_synthetic_videos(data_cfg, n, seed),
+    make = lambda: LartDataset(tracklets_lib.from_dicts(synthetic_videos(data_cfg, split),
                                                         where=where, **kw), where)
   if key not in _CACHE:
     _CACHE[key] = make()

@@ -40,7 +40,6 @@ from jax.sharding import AxisType  # noqa: E402
 
 from launch import checkpoint as ckpt_lib  # noqa: E402
 from launch import flops as flops_lib  # noqa: E402
-from launch import optim  # noqa: E402
 from launch import sharding as shard_lib  # noqa: E402
 from launch import tasks as tasks_lib  # noqa: E402
 from launch import train as train_lib  # noqa: E402
@@ -161,7 +160,7 @@ def check(config, acc: Accelerator, *, num_slices: int = 1, mfu: float = 0.5,
 
   # Abstract keys only: nothing may be placed on compile-only devices.
   key = jax.eval_shape(lambda: jax.random.split(jax.random.key(config.seed))[0])
-  tx = optim.make_optimizer(t)
+  tx = train_lib.make_tx(task, t)  # with the task's per-parameter lrs (muP, layer decay)
   with nn.logical_axis_rules(rules):  # outside set_mesh: optax builds a concrete template state
     abstract_state, shardings = train_lib.state_shardings(task, tx, mesh, rules, key)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
@@ -172,9 +171,7 @@ def check(config, acc: Accelerator, *, num_slices: int = 1, mfu: float = 0.5,
                                               shapes[k].dtype, sharding=batch_shardings[k])
                       for k in task.batch_axes()}
     abstract_rng = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=rep)
-    step = jax.jit(train_lib.make_train_step(task, tx, shardings['params']),
-                   in_shardings=(shardings, batch_shardings, rep),
-                   out_shardings=(shardings, rep), donate_argnums=(0,))
+    step = train_lib.jit_train_step(task, tx, shardings, batch_shardings, rep)
     lowered = step.lower(ckpt_lib.abstract_with_shardings(abstract_state, shardings),
                          abstract_batch, abstract_rng)
     compile_error = None

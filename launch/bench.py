@@ -77,11 +77,9 @@ def time_train_step(task, config, mesh, local_batch: dict, steps: int, warmup: i
     state = jax.jit(train_lib.make_state_fns(task, tx), out_shardings=shardings)(rng)
     placer = train_lib.BatchPlacer(mesh, rules, task.batch_axes(), 1, batch)
     batch_arrays = placer(local_batch)
-    step_fn = jax.jit(train_lib.make_train_step(task, tx, shardings['params']),
-                      in_shardings=(shardings, {k: placer.sharding(k) for k in batch_arrays},
-                                    shard_lib.replicated(mesh)),
-                      out_shardings=(shardings, shard_lib.replicated(mesh)),
-                      donate_argnums=(0,))
+    step_fn = train_lib.jit_train_step(task, tx, shardings,
+                                       {k: placer.sharding(k) for k in batch_arrays},
+                                       shard_lib.replicated(mesh))
     times = []
     for i in range(warmup + steps):
       t = time.perf_counter()

@@ -35,20 +35,12 @@ def synthetic_groundtruth(config, directory: str) -> tuple[str, str]:
   from lart_jax import ava
   from lart_jax import data as lart_data
   from lart_jax import synthetic
-  from toto_jax.data import derive_seed
   d = config.data
-  n = int(d.synthetic_eval_videos)
-  if n < 1:
+  if lart_data.synthetic_split(d, 'eval')[0] < 1:
     raise ConfigError('data.synthetic_eval_videos is 0: there are no held-out synthetic videos '
                       'to evaluate on')
-  seed = derive_seed(int(d.synthetic_seed), lart_data._SALT_EVAL_VIDEOS)  # pylint: disable=protected-access
-  scfg = lart_data.synthetic_config(d)
-  videos = synthetic.make_videos(scfg, n, seed, progress=n >= 50)
-  held_out = lart_data.load_dataset(d, 'eval')
-  if [str(v[0]['video_id']) for v in videos] != held_out.video_ids:
-    raise RuntimeError('launch/evaluate.py: the regenerated held-out synthetic videos differ from '
-                       'lart_jax.data.load_dataset(data, "eval"); their seeds have diverged')
-  rows = [r for v in videos for r in synthetic.gt_rows(v, scfg.fps)]
+  fps = lart_data.synthetic_config(d).fps
+  rows = [r for v in lart_data.synthetic_videos(d, 'eval') for r in synthetic.gt_rows(v, fps)]
   gt, labelmap = os.path.join(directory, 'eval_gt.csv'), os.path.join(directory, 'labelmap.pbtxt')
   ava.write_csv(gt, rows)
   ava.write_labelmap(labelmap)

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
 
 from launch import checkpoint as ckpt_lib
 from launch import distributed
@@ -326,6 +326,14 @@ def make_train_step(task, tx, param_shardings):
   return train_step
 
 
+def jit_train_step(task, tx, shardings: Any, batch_shardings: dict, replicated: Any):
+  """The compiled step every caller uses (the loop, ``launch.bench``, ``launch.aot``): state and
+  batch in their shardings, the rng and metrics replicated, the state donated."""
+  return jax.jit(make_train_step(task, tx, shardings['params']),
+                 in_shardings=(shardings, batch_shardings, replicated),
+                 out_shardings=(shardings, replicated), donate_argnums=(0,))
+
+
 def make_eval_step(task):
   loss_fn = _loss_with_state(task)
 
@@ -463,11 +471,7 @@ def train(config, workdir: str, *, devices=None, stop_after_steps: int | None = 
 
     # --- compiled functions -----------------------------------------------------------------------
     batch_shardings = {k: placer.sharding(k) for k in task.batch_axes()}
-    train_step = jax.jit(
-        make_train_step(task, tx, shardings['params']),
-        in_shardings=(shardings, batch_shardings, rep),
-        out_shardings=(shardings, rep),
-        donate_argnums=(0,))
+    train_step = jit_train_step(task, tx, shardings, batch_shardings, rep)
     eval_step = jax.jit(make_eval_step(task), in_shardings=(
         shardings['params'], shardings.get('model_state', rep),
         {k: placer.sharding(k, ()) for k in task.batch_axes()}),
