@@ -95,6 +95,16 @@ def test_lr_scales_follow_depth(helpers):
   # The trainer builds its optimizer from these scales.
   tx = train_lib.make_tx(task, config.train)
   assert tx.init(params) is not None
+  # A muP backbone keeps its width multipliers (1 / width_mult on hidden matrices) under decay.
+  dim = config.model.dim
+  _, mup_task, mup_params, _ = _task_params_batch(
+      helpers, {'model.num_layers': 3, 'model.mup': True, 'model.mup_base_width': dim // 2})
+  mup_scales = mup_task.lr_scales(mup_params)
+  np.testing.assert_allclose(
+      np.asarray(mup_scales['backbone']['layers']['attn']['query']['kernel']).ravel(),
+      [0.5 * 0.9 ** 3, 0.5 * 0.9 ** 2, 0.5 * 0.9], rtol=1e-6)
+  np.testing.assert_allclose(float(mup_scales['backbone']['embed']), 0.9 ** 4, rtol=1e-6)
+  assert float(mup_scales['backbone']['lm_head']['kernel']) == 1.0
 
 
 def test_config_errors_name_the_field(helpers):

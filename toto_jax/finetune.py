@@ -210,12 +210,19 @@ class FinetuneTask(TotoTask):
 
   def lr_scales(self, params) -> Any:
     """Layer ``i`` of the backbone ``decay ** (L - i)``, embeddings ``decay ** (L + 1)``, the
-    next-token head and the probe 1."""
+    next-token head and the probe 1; times muP's multipliers (:func:`toto_jax.mup.lr_scales`)
+    when the backbone was trained with ``model.mup``, so its hidden matrices keep their width
+    scaling under layer decay."""
     from launch import optim
+    from toto_jax import mup
     scales = {k: jax.tree_util.tree_map(lambda _: np.float32(1.0), v) for k, v in params.items()}
-    scales['backbone'] = optim.layer_decay_scales(
+    backbone = optim.layer_decay_scales(
         params['backbone'], self.config.train.layer_decay, self.config.model.num_layers,
         head=('final_norm', 'lm_head'))
+    if mup.enabled(self.config.model):
+      backbone = jax.tree_util.tree_map(lambda a, b: (a * b).astype(np.float32), backbone,
+                                        mup.lr_scales(params['backbone'], self.config.model))
+    scales['backbone'] = backbone
     return scales
 
   def batch_axes(self) -> dict[str, tuple[str | None, ...]]:
