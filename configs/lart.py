@@ -85,6 +85,9 @@ def get_config(arg: str = 'pose') -> ml_collections.ConfigDict:
   d.num_classes = 60              # 60: the 80 AVA ids mapped to the evaluated classes
   d.fps = 30.0                    # frame rate (AVA timestamps = frame id / fps)
   d.require_labels = False        # a tracklet without label keys is an error (else unlabeled)
+  # Training's other people: 'nearest' (the N-1 nearest, nearest first, as at evaluation) or
+  # 'random' (the paper's random subset in random slots; evaluation still takes the nearest).
+  d.context = 'nearest'
   d.worker_count = 0              # Grain worker processes
   d.synthetic_videos = 64         # synthetic training videos
   d.synthetic_eval_videos = 16    # held-out synthetic videos

@@ -7,9 +7,12 @@ training, deterministic from the seed and the epoch; ``start = 0, T, 2T, ...`` i
 the windows of :func:`inference_windows` cover every frame exactly once). A tracklet shorter than
 the window (or its last window) is padded: ``valid`` False, ``frame_ids`` -1, zeros elsewhere.
 Context: up to ``N - 1`` other tracks of the same video (``N = data.num_people``) with a
-detection in the window, aligned by frame id to the person of interest's frames; chosen at random
-among those present in training, the nearest by mean 3D distance (the pose vector's last 3
-entries; frames where both are detected; never co-detected = farthest) in evaluation.
+detection in the window, aligned by frame id to the person of interest's frames: the nearest by
+mean 3D distance (the pose vector's last 3 entries; frames where both are detected; never
+co-detected = farthest), nearest in slot 1. Evaluation always takes these; training does too with
+``data.context = 'nearest'`` (the default), or with ``'random'`` a random subset of those present
+in random slots (the paper's sampling; on the synthetic benchmark it left the N = 5 model below
+N = 1, README "LART").
 
 Example (numpy; batches stack these on a leading axis)::
 
@@ -40,6 +43,7 @@ Config (``data``, an ``ml_collections.ConfigDict``; defaults in brackets):
   (e.g. ``frames = (60, 90)``); ``fps`` [30] the synthetic videos' frame rate (also what AVA
   timestamps are computed with downstream: seconds = frame id / fps).
 * ``require_labels`` [False]: a tracklet without label keys is an error instead of unlabeled.
+* ``context`` ['nearest']: how training picks the other people, 'nearest' or 'random' (above).
 * ``worker_count`` [0]: Grain worker processes for training (0 = in-process).
 
 Determinism and resumption: the training stream is a function of ``seed``, the process layout and
@@ -68,6 +72,7 @@ _log = logging.getLogger(__name__)
 
 MAX_FRAMES = 128
 _SALT_SHUFFLE, _SALT_WINDOW, _SALT_EVAL_VIDEOS = 1, 2, 3
+CONTEXT_CHOICES = ('random', 'nearest')  # data.context: how training picks the other people
 _int_field = token_data._int_field  # pylint: disable=protected-access  ('data.X must be ...')
 
 
@@ -82,6 +87,7 @@ class _Settings:
   appearance_dim: int
   num_classes: int
   require_labels: bool
+  context: str
 
 
 def _str_field(cfg: ml_collections.ConfigDict, name: str) -> str:
@@ -101,11 +107,14 @@ def _settings(data_cfg: ml_collections.ConfigDict) -> _Settings:
   require = data_cfg.get('require_labels', False)
   if not isinstance(require, bool):
     raise ValueError(f'data.require_labels must be a bool, got {require!r}')
+  context = data_cfg.get('context', 'nearest')
+  if context not in CONTEXT_CHOICES:
+    raise ValueError(f'data.context must be one of {CONTEXT_CHOICES}, got {context!r}')
   return _Settings(max_frames=_int_field(data_cfg, 'max_frames', 1, default=MAX_FRAMES,
                                          hi=MAX_FRAMES),
                    num_people=_int_field(data_cfg, 'num_people', 1, default=5),
                    appearance_dim=_int_field(data_cfg, 'appearance_dim', 0, default=0),
-                   num_classes=num_classes, require_labels=require)
+                   num_classes=num_classes, require_labels=require, context=context)
 
 
 def validate_data_config(data_cfg: ml_collections.ConfigDict) -> None:
@@ -256,7 +265,9 @@ def _aligned(other: Tracklet, frame_ids: np.ndarray) -> tuple[np.ndarray, np.nda
 def _choose_context(dataset: LartDataset, track: int, frame_ids: np.ndarray, poi_det: np.ndarray,
                     k: int, rng: np.random.Generator | None
                     ) -> list[tuple[int, np.ndarray, np.ndarray]]:
-  """Up to ``k`` other tracks present in the window: (track, positions, detected) each."""
+  """Up to ``k`` other tracks present in the window: (track, positions, detected) each; a
+  random subset in random slots with ``rng`` (the paper's sampling), else the ``k`` nearest in
+  order of mean 3D distance over the frames both are detected."""
   if k <= 0:
     return []
   poi = dataset.tracks[track]
@@ -288,9 +299,11 @@ def _choose_context(dataset: LartDataset, track: int, frame_ids: np.ndarray, poi
 
 def make_example(dataset: LartDataset, track: int, start: int, *, max_frames: int,
                  num_people: int, appearance_dim: int, num_classes: int = 60,
-                 rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
-  """The example of ``dataset.tracks[track]`` from frame position ``start`` (module docstring);
-  ``rng`` given = training context choice, None = evaluation (nearest people)."""
+                 rng: np.random.Generator | None = None, context: str = 'nearest'
+                 ) -> dict[str, np.ndarray]:
+  """The example of ``dataset.tracks[track]`` from frame position ``start`` (module docstring).
+  Context people: with ``rng`` and ``context='random'`` a random subset in random slots
+  (training); otherwise the nearest, nearest first (evaluation, and ``context='nearest'``)."""
   tr = dataset.tracks[track]
   t_len, n_people, da = max_frames, num_people, appearance_dim
   n = max(0, min(t_len, len(tr) - start))
@@ -315,7 +328,8 @@ def make_example(dataset: LartDataset, track: int, start: int, *, max_frames: in
   rows = np.arange(start, start + n)
   fill(0, tr, rows, tr.detected[sl])
   for slot, (o, pos, hit) in enumerate(
-      _choose_context(dataset, track, frame_ids[:n], tr.detected[sl], n_people - 1, rng), 1):
+      _choose_context(dataset, track, frame_ids[:n], tr.detected[sl], n_people - 1,
+                      rng if context == 'random' else None), 1):
     fill(slot, dataset.tracks[o], pos, hit)
 
   labels = np.zeros((t_len, num_classes), np.float32)
@@ -380,9 +394,9 @@ class _EvalExample(grain.transforms.Map):
     return make_example(self.dataset, int(track), int(start), rng=None, **self.kw)
 
 
-def _example_kw(s: _Settings) -> dict[str, int]:
+def _example_kw(s: _Settings) -> dict[str, Any]:
   return {'max_frames': s.max_frames, 'num_people': s.num_people,
-          'appearance_dim': s.appearance_dim, 'num_classes': s.num_classes}
+          'appearance_dim': s.appearance_dim, 'num_classes': s.num_classes, 'context': s.context}
 
 
 def _check_process(process_index: int, process_count: int, batch_size: int) -> None:

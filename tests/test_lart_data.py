@@ -207,6 +207,8 @@ def test_config_errors_name_the_field(tmp_path):
     lart_data.validate_data_config(cfg(num_classes=50))
   with pytest.raises(ValueError, match=r'data\.input: directory .* does not exist'):
     lart_data.validate_data_config(cfg(input=str(tmp_path / 'missing')))
+  with pytest.raises(ValueError, match=r"data\.context must be one of \('random', 'nearest'\)"):
+    lart_data.validate_data_config(cfg(context='closest'))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -280,7 +282,7 @@ def test_label_mapping_to_evaluated_classes():
   np.testing.assert_array_equal(np.nonzero(ex80['labels'][0])[0], [0, 1, 79])
 
 
-def test_context_selection_nearest_in_eval_random_among_present_in_train():
+def test_context_selection_nearest_or_random_among_present():
   poi = tracklet(released(range(10), seed=0, location=[0, 0, 5]), 'poi')
   others = [tracklet(released(range(10), seed=i + 1, location=[float(x), 0, 5]), f'o{i}')
             for i, x in enumerate([4.0, 1.0, 3.0, 2.0])]
@@ -292,7 +294,8 @@ def test_context_selection_nearest_in_eval_random_among_present_in_train():
   np.testing.assert_allclose(ex['pose'][0, 2], ds.tracks[4].pose[0])
   chosen = set()
   for s in range(40):
-    ex = lart_data.make_example(ds, 0, 0, rng=np.random.default_rng(s), **kw(max_frames=10))
+    ex = lart_data.make_example(ds, 0, 0, rng=np.random.default_rng(s), context='random',
+                                **kw(max_frames=10))
     picks = set()
     for slot in (1, 2):
       match = [i for i in range(1, 6) if np.allclose(ex['pose'][0, slot], ds.tracks[i].pose[0])]
@@ -303,6 +306,12 @@ def test_context_selection_nearest_in_eval_random_among_present_in_train():
   assert chosen == {1, 2, 3, 4}
   one = lart_data.make_example(ds, 0, 0, **kw(max_frames=10, num_people=1))
   assert one['pose'].shape == (10, 1, 229)
+  # data.context = 'nearest': training takes the evaluation's choice and order whatever the rng.
+  want = lart_data.make_example(ds, 0, 0, **kw(max_frames=10))
+  for s in range(5):
+    got = lart_data.make_example(ds, 0, 0, rng=np.random.default_rng(s), context='nearest',
+                                 **kw(max_frames=10))
+    np.testing.assert_array_equal(got['pose'], want['pose'])
 
 
 # ------------------------------------------------------------------------------------------------
