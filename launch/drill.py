@@ -148,7 +148,7 @@ def run_session(cmd: list[str], env: dict, workdir: str, log_path: str, *,
   if m:
     out['stopped_at'] = int(m.group(1))
   m = re.search(r'\[train\] done at step (\d+)/(\d+)', text)
-  out['finished'] = bool(m) and m.group(1) == m.group(2)  # a SIGTERM-stopped run prints it too
+  out['finished'] = bool(m) and m.group(1) == m.group(2)  # a stopped run prints 'stopped at'
   if plan is not None or ('signal' in out and out['finished']):
     out['missed'] = True  # the child finished before the signal was due or landed
   expected = {0} if 'signal' not in out else {0, -signal.SIGKILL, -signal.SIGTERM}

@@ -601,7 +601,8 @@ def main(argv) -> None:
     sys.exit(3)
   if jax.process_index() == 0:
     m = summary['metrics']
-    print(f"[train] done at step {summary['step']}/{summary['total_steps']}: "
+    state = 'stopped' if summary.get('preempted') else 'done'
+    print(f"[train] {state} at step {summary['step']}/{summary['total_steps']}: "
           f"loss {m.get('train/loss', float('nan')):.4f}"
           + (f", eval loss {m['eval/loss']:.4f}" if 'eval/loss' in m else '')
           + f"\n  metrics:     {summary['metrics_file']}\n  checkpoints: {summary['checkpoints']}")

@@ -254,6 +254,7 @@ def test_sigterm_checkpoints_exits_0_and_resumes(cli_reference, tmp_path, helper
   assert match, f'no preemption message (did the run finish first?):\n{text[-4000:]}'
   stopped = int(match.group(1))
   assert stopped < CLI_TOTAL
+  assert f'[train] stopped at step {stopped}/{CLI_TOTAL}' in text and '[train] done' not in text
   assert max(_finished_steps(workdir)) == stopped  # saved at the step it stopped, not earlier
   assert max(helpers.train_losses(workdir)) == stopped
   np.testing.assert_array_equal(_final_state(workdir, stopped)['step'], stopped)
