@@ -22,8 +22,8 @@ look-alikes; scene classes :data:`lart_jax.synthetic.SCENE_IDS`, which only appe
 pose classes) as mean and spread over the seeds, then the two expected orderings with how many
 seeds show them: ``pose_n5`` above ``pose_n1`` on interactions, ``pose_appearance_n5`` above
 ``pose_n5`` on scenes. ``WORKDIR/results.json`` (written atomically after every run) keeps each
-run's figures; started again with the same settings the command skips the runs it already has
-(``--fresh`` starts over). ``WORKDIR/benchmark.png`` draws the table.
+run's figures; started again with the same settings the command skips the runs it already has and
+continues a run stopped part-way (SIGTERM) from its checkpoint (``--fresh`` starts over). ``WORKDIR/benchmark.png`` draws the table.
 
 Why these sizes: AP on a class needs tens of positives. 24 held-out videos gave 3-20 ground-truth
 boxes per class and moved a group's AP by up to 50 points between runs; 200 give 30-300.
@@ -113,10 +113,16 @@ def group_means(per_class: Mapping[int, float]) -> dict[str, float]:
           'pose': mean(synthetic.POSE_IDS)}
 
 
+class Stopped(Exception):
+  """Training stopped before its last step (SIGTERM): the run is not scored or recorded."""
+
+
 def run_one(workdir: str, name: str, *, steps: int, videos: int, eval_videos: int, seed: int,
-            overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-  """Trains and evaluates model ``name`` with ``seed`` in ``workdir`` (replaced); returns the
-  group means (fractions), per-class AP, the wall time and the final training loss."""
+            overrides: Mapping[str, Any] | None = None, resume: bool = False) -> dict[str, Any]:
+  """Trains and evaluates model ``name`` with ``seed`` in ``workdir``; returns the group means
+  (fractions), per-class AP, the wall time (of this call) and the last logged training loss.
+  ``resume`` continues from the checkpoint a stopped call left in ``workdir`` (the trainer's
+  automatic resume); otherwise ``workdir`` is emptied first."""
   import jax
 
   from launch import evaluate as evaluate_lib
@@ -126,10 +132,13 @@ def run_one(workdir: str, name: str, *, steps: int, videos: int, eval_videos: in
     raise ValueError(f'unknown model {name!r}; choose from {sorted(MODELS)}')
   config = benchmark_config(MODELS[name], steps=steps, videos=videos, eval_videos=eval_videos,
                             seed=seed, overrides=overrides)
-  if os.path.isdir(workdir):
+  if os.path.isdir(workdir) and not resume:
     shutil.rmtree(workdir)
   start = time.perf_counter()
   summary = train_lib.train(config, workdir)
+  if summary.get('preempted'):
+    raise Stopped(f'{name} (seed {seed}) stopped at step {summary["step"]} of {steps}; its '
+                  f'checkpoint is in {workdir}')
   params = jax.device_get(summary['final_params'])
   ava_result = evaluate_lib.evaluate_run(config, workdir, params=params, progress=False)
   return {**group_means(ava_result['per_class']), 'seconds': time.perf_counter() - start,
@@ -141,7 +150,8 @@ def run(workdir: str, models: Sequence[str], *, steps: int, videos: int, eval_vi
         seeds: Sequence[int] = (0,), overrides: Mapping[str, Any] | None = None,
         fresh: bool = False) -> dict[str, dict[int, dict]]:
   """Every model x seed in ``workdir/NAME/seedS``; returns ``{model: {seed: run_one(...)}}``.
-  Runs already in ``workdir/results.json`` with the same settings are kept (unless ``fresh``)."""
+  Runs already in ``workdir/results.json`` with the same settings are kept, and a run that was
+  stopped part-way continues from its checkpoint (unless ``fresh``: everything starts over)."""
   import json
 
   from phalp_jax.io import write_json
@@ -153,13 +163,15 @@ def run(workdir: str, models: Sequence[str], *, steps: int, videos: int, eval_vi
               'overrides': {k: str(v) for k, v in sorted((overrides or {}).items())}}
   path = os.path.join(workdir, 'results.json')
   runs: dict[str, dict] = {}
+  resume = False  # the run folders were made with these settings
   if not fresh and os.path.isfile(path):
     with open(path) as f:
       saved = json.load(f)
     if saved.get('settings') == settings:
-      runs = saved.get('runs', {})
+      runs, resume = saved.get('runs', {}), True
     else:
       print(f'[benchmark] {path} holds other settings; starting over', flush=True)
+  write_json(path, {'settings': settings, 'runs': runs})  # claims the run folders
   for seed in seeds:
     for name in models:
       key = f'{name}/seed{seed}'
@@ -167,7 +179,8 @@ def run(workdir: str, models: Sequence[str], *, steps: int, videos: int, eval_vi
         print(f'[benchmark] {key}: kept from {path}', flush=True)
         continue
       runs[key] = run_one(os.path.join(workdir, name, f'seed{seed}'), name, steps=steps,
-                          videos=videos, eval_videos=eval_videos, seed=seed, overrides=overrides)
+                          videos=videos, eval_videos=eval_videos, seed=seed, overrides=overrides,
+                          resume=resume)
       print(f'[benchmark] {key}: ' + ', '.join(
           f'{g} {100 * runs[key][g]:.1f}' for g in GROUPS), flush=True)
       write_json(path, {'settings': settings, 'runs': runs})
@@ -267,9 +280,14 @@ def main(argv: Sequence[str] | None = None) -> None:
   models = [m for m in args.models.split(',') if m]
   benchmark_config(MODELS.get(models[0], 'tiny'), steps=args.steps, videos=args.videos,
                    eval_videos=args.eval_videos, overrides=overrides)  # bad --set: fail now
-  results = run(args.workdir, models, steps=args.steps, videos=args.videos,
-                eval_videos=args.eval_videos, seeds=seeds, overrides=overrides,
-                fresh=args.fresh)
+  try:
+    results = run(args.workdir, models, steps=args.steps, videos=args.videos,
+                  eval_videos=args.eval_videos, seeds=seeds, overrides=overrides,
+                  fresh=args.fresh)
+  except Stopped as e:  # SIGTERM: exit 0 like the trainer; the same command carries on
+    print(f'[benchmark] {e}; finished runs are in {os.path.join(args.workdir, "results.json")}; '
+          f'rerun the same command to continue', flush=True)
+    return
   plot(results, os.path.join(args.workdir, 'benchmark.png'))
   print(format_results(results))
   print(f'[benchmark] results: {os.path.join(args.workdir, "results.json")}, figure: '

@@ -57,23 +57,25 @@ def test_summary_and_orderings_over_seeds():
 def test_run_resumes_from_results_json(tmp_path, monkeypatch):
   calls = []
 
-  def run_one(workdir, name, *, steps, videos, eval_videos, seed, overrides=None):
-    calls.append((name, seed))
-    if (name, seed) == ('pose_n5', 1):
-      raise KeyboardInterrupt  # the job is stopped part-way
+  def run_one(workdir, name, *, steps, videos, eval_videos, seed, overrides=None, resume=False):
+    calls.append((name, seed, resume))
+    if (name, seed) == ('pose_n5', 1) and not resume:
+      raise benchmark.Stopped('pose_n5 stopped')  # SIGTERM part-way through training
     return fake_run(0.1 * (seed + 1), 0.5)
 
   monkeypatch.setattr(benchmark, 'run_one', run_one)
   kw = dict(steps=5, videos=2, eval_videos=2, seeds=(0, 1), overrides={'data.context': 'nearest'})
-  with pytest.raises(KeyboardInterrupt):
+  with pytest.raises(benchmark.Stopped):
     benchmark.run(str(tmp_path), ['pose_n1', 'pose_n5'], **kw)
   saved = json.loads((tmp_path / 'results.json').read_text())
   assert sorted(saved['runs']) == ['pose_n1/seed0', 'pose_n1/seed1', 'pose_n5/seed0']
+  assert calls[-1] == ('pose_n5', 1, False)
   calls.clear()
-  monkeypatch.setattr(benchmark, 'run_one', lambda *a, **k: fake_run(0.2, 0.5))
   results = benchmark.run(str(tmp_path), ['pose_n1', 'pose_n5'], **kw)
+  assert calls == [('pose_n5', 1, True)]  # only the stopped run, continued from its checkpoint
   assert results['pose_n1'][1]['interaction'] == pytest.approx(0.2)  # kept, not re-run
-  assert results['pose_n5'][1]['interaction'] == pytest.approx(0.2)  # the missing run
+  assert results['pose_n5'][1]['interaction'] == pytest.approx(0.2)  # the stopped run
+  monkeypatch.setattr(benchmark, 'run_one', lambda *a, **k: fake_run(0.2, 0.5))
   # Other settings: the saved runs do not count.
   other = benchmark.run(str(tmp_path), ['pose_n1'], **{**kw, 'steps': 6})
   assert other['pose_n1'][0]['interaction'] == pytest.approx(0.2)
@@ -81,12 +83,29 @@ def test_run_resumes_from_results_json(tmp_path, monkeypatch):
     benchmark.run(str(tmp_path), ['pose_n9'], **kw)
 
 
-def test_command_end_to_end(tmp_path, capsys):
+def test_command_end_to_end(tmp_path, capsys, monkeypatch):
+  from launch import train as train_lib
   workdir = tmp_path / 'bench'
-  benchmark.main(['--workdir', str(workdir), '--models', 'pose_n1,pose_n5', '--steps', '3',
-                  '--videos', '3', '--eval_videos', '3', '--seeds', '0',
-                  '--set', 'data.context=nearest'])
+  args = ['--workdir', str(workdir), '--models', 'pose_n1,pose_n5', '--steps', '3',
+          '--videos', '3', '--eval_videos', '3', '--seeds', '0', '--set', 'data.context=nearest']
+  # First attempt: pose_n5 is stopped after 1 of its 3 steps, as SIGTERM would stop it.
+  real_train = train_lib.train
+
+  def preempted_n5(config, workdir_, **kw):
+    stop = 1 if config.data.num_people == 5 else None
+    return real_train(config, workdir_, stop_after_steps=stop, **kw)
+
+  monkeypatch.setattr(train_lib, 'train', preempted_n5)
+  benchmark.main(args)
   out = capsys.readouterr().out
+  assert 'pose_n5 (seed 0) stopped at step 1 of 3' in out and 'rerun the same command' in out
+  saved = json.loads((workdir / 'results.json').read_text())
+  assert list(saved['runs']) == ['pose_n1/seed0']  # the stopped run is not scored
+  # The same command again: pose_n1 is kept and pose_n5 continues from its step-1 checkpoint.
+  monkeypatch.setattr(train_lib, 'train', real_train)
+  benchmark.main(args)
+  out = capsys.readouterr().out
+  assert 'pose_n1/seed0: kept' in out and 'resumed at step 1' in out
   assert 'pose_n5 > pose_n1 on interaction in' in out and 'of 1 seeds' in out
   saved = json.loads((workdir / 'results.json').read_text())
   assert saved['settings']['overrides'] == {'data.context': 'nearest'}
