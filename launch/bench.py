@@ -3,6 +3,7 @@ r"""Training-step benchmark: prints one JSON line with step time, tokens/s, FLOP
   python -m launch.bench toto --config configs/toto.py:base --seq_len 1024 --batch 1
   python -m launch.bench toto --config configs/toto.py:tiny
   python -m launch.bench torch_llama --config configs/toto.py:base --seq_len 1024   # needs torch
+  python -m launch.bench toto_breakdown --config configs/toto.py:base --seq_len 1024 --steps 3
   python -m launch.bench tokenizer [--which dvae|vq|job|all] [--resolution 128] [--batch 16]
 
 It times the trainer's own jitted step (forward, backward, clipping, AdamW, donation) on random
@@ -11,6 +12,8 @@ Peak FLOP/s: on CPU a large matmul is measured in the same process (the practica
 and TPUs the datasheet dense bf16 figure. Report medians; the machine is shared and noisy.
 ``torch_llama`` times the PyTorch ``transformers`` LlamaForCausalLM with AdamW at the same
 dimensions (torch and transformers are not dependencies of the project; install them to compare).
+``toto_breakdown`` splits the step's time: forward, forward + backward, optimizer, the attention
+(forward + backward with and without it) and the projection matmuls alone at the model's shapes.
 ``tokenizer`` times frame tokenization with random weights (one JSON line per item): the DALL-E
 dVAE encoder at its released sizes (``dvae``), the VQ tokenizer of ``configs/tokenizer.py:vq``
 (``vq``), and the whole ``launch.tokenize`` job (OpenCV decoding, encoding, shard writing) over
@@ -57,6 +60,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from launch import flops as flops_lib
 from launch import sharding as shard_lib
@@ -223,7 +227,88 @@ def bench_lart(config, seq_len: int | None, batch: int, steps: int, warmup: int)
   }
 
 
-BENCHES = {'toto': bench_toto, 'torch_llama': bench_torch_reference, 'lart': bench_lart}
+def _median_seconds(fn, args: tuple, steps: int, warmup: int) -> float:
+  for _ in range(max(1, warmup)):
+    jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(max(1, steps)):
+    t = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - t)
+  return statistics.median(times)
+
+
+def _without_attention(q, k, v, **_):
+  """Stand-in for the attention: each query head takes its key/value group's values."""
+  return jnp.repeat(v, q.shape[2] // k.shape[2], axis=2)
+
+
+def bench_toto_breakdown(config, seq_len: int | None, batch: int, steps: int, warmup: int
+                         ) -> dict:
+  """Where a Toto train step's time goes on one device (medians of ``steps`` calls): forward,
+  forward + backward, the optimizer update, forward + backward with the attention replaced by a
+  copy of the values, and the projection matmuls alone (forward + both gradients at the model's
+  shapes, timed one shape at a time and summed). Differences give the attention and the rest
+  (norms, activations, RoPE, loss, embedding gradient)."""
+  from toto_jax import attention as attention_lib
+
+  task = tasks_lib.get_task(config)
+  m = config.model
+  length = seq_len or m.max_len
+  params = shard_lib.unbox(task.init(jax.random.key(0)))
+  tokens = jnp.asarray(np.random.default_rng(0).integers(4, m.vocab_size, (batch, length + 1),
+                                                         np.int32))
+  rng = jax.random.key(0)
+
+  def loss(p):
+    return task.loss(p, {'tokens': tokens}, rng)[0]
+
+  grad_fn = jax.jit(jax.grad(loss))
+  out = {'forward_s': _median_seconds(jax.jit(loss), (params,), steps, warmup),
+         'forward_backward_s': _median_seconds(grad_fn, (params,), steps, warmup)}
+  tx = train_lib.make_tx(task, config.train)
+  grads, opt_state = grad_fn(params), tx.init(params)
+
+  def update(g, o, p):
+    u, o = tx.update(g, o, p)
+    return optax.apply_updates(p, u), o
+  out['optimizer_s'] = _median_seconds(jax.jit(update), (grads, opt_state, params), steps, warmup)
+  real = attention_lib.dot_product_attention
+  attention_lib.dot_product_attention = _without_attention
+  try:
+    no_attention = jax.jit(jax.grad(loss))
+    out['forward_backward_without_attention_s'] = _median_seconds(no_attention, (params,), steps,
+                                                                  warmup)
+  finally:
+    attention_lib.dot_product_attention = real
+
+  d, h, layers = m.dim, m.num_heads, m.num_layers
+  hd, kvh = d // h, m.num_kv_heads or h
+  per_layer = ([(d, h * hd), (d, kvh * hd), (d, kvh * hd), (h * hd, d)] +
+               ([(d, m.mlp_dim), (d, m.mlp_dim), (m.mlp_dim, d)] if m.arch == 'llama'
+                else [(d, m.mlp_dim), (m.mlp_dim, d)]))
+  shapes: dict[tuple[int, int], int] = {}
+  for shape in per_layer:
+    shapes[shape] = shapes.get(shape, 0) + layers
+  vocab = params['lm_head']['kernel'].shape[-1]
+  shapes[(d, vocab)] = shapes.get((d, vocab), 0) + 1
+  n = batch * length
+  matmul_s = 0.0
+  for (a, b), count in shapes.items():
+    x, w = jnp.ones((n, a), jnp.float32), jnp.full((a, b), 0.01, jnp.float32)
+    fb = jax.jit(jax.grad(lambda x, w: (x @ w).sum(), argnums=(0, 1)))
+    matmul_s += count * _median_seconds(fb, (x, w), steps, warmup)
+  out['projection_matmuls_s'] = matmul_s
+  out['attention_s'] = out['forward_backward_s'] - out['forward_backward_without_attention_s']
+  out['other_s'] = out['forward_backward_without_attention_s'] - matmul_s
+  peak, source = flops_lib.device_peak_flops(jax.devices()[0], m.dtype)
+  return {'bench': 'toto_breakdown', 'variant': config.get('variant', ''), 'arch': m.arch,
+          'seq_len': length, 'batch': batch, **out, 'peak_flops_per_s': peak,
+          'peak_source': source}
+
+
+BENCHES = {'toto': bench_toto, 'torch_llama': bench_torch_reference, 'lart': bench_lart,
+           'toto_breakdown': bench_toto_breakdown}
 
 
 def bench_decode(config, seq_len: int | None = None, prompt_len: int | None = None,
@@ -516,7 +601,7 @@ def main(argv) -> None:
                 fl.repeats if fl['repeats'].present else 3, fl.reference, fl.lmc)
     return
   if len(argv) < 2 or argv[1] not in BENCHES:
-    raise SystemExit('usage: python -m launch.bench {toto|torch_llama|lart} --config '
+    raise SystemExit('usage: python -m launch.bench {toto|toto_breakdown|torch_llama|lart} --config '
                      'configs/toto.py:VARIANT [--seq_len N] [--batch B] [--steps S]\n'
                      '       python -m launch.bench tokenizer [--which dvae|vq|job|all] '
                      '[--resolution R] [--batch B] [--repeats N]\n'

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from configs import toto
@@ -66,3 +67,29 @@ def test_bench_prints_one_json_line_with_the_documented_fields():
     assert key in r
   assert r['seq_len'] == 32 and r['batch'] == 2
   assert 0 < r['mfu'] < 1.5 and r['tokens_per_s'] > 0
+
+
+def test_toto_breakdown_splits_the_step_and_restores_the_attention():
+  from configs import toto
+  from launch import bench
+  from toto_jax import attention
+  config = toto.get_config('tiny')
+  config.model.dim, config.model.num_layers, config.model.mlp_dim = 32, 1, 64
+  config.model.num_kv_heads = 1  # grouped heads: the stand-in repeats the value heads
+  real = attention.dot_product_attention
+  r = bench.bench_toto_breakdown(config, 32, 2, steps=1, warmup=1)
+  assert attention.dot_product_attention is real
+  for key in ('forward_s', 'forward_backward_s', 'optimizer_s',
+              'forward_backward_without_attention_s', 'projection_matmuls_s'):
+    assert r[key] > 0, key
+  assert r['attention_s'] == pytest.approx(
+      r['forward_backward_s'] - r['forward_backward_without_attention_s'])
+  assert r['other_s'] == pytest.approx(
+      r['forward_backward_without_attention_s'] - r['projection_matmuls_s'])
+  assert r['seq_len'] == 32 and r['batch'] == 2 and r['peak_flops_per_s'] > 0
+  q = np.zeros((1, 4, 4, 8), np.float32)
+  v = np.arange(2 * 4 * 8, dtype=np.float32).reshape(1, 4, 2, 8)
+  out = np.asarray(bench._without_attention(q, v, v))  # pylint: disable=protected-access
+  np.testing.assert_array_equal(out[:, :, 0], v[:, :, 0])
+  np.testing.assert_array_equal(out[:, :, 1], v[:, :, 0])
+  np.testing.assert_array_equal(out[:, :, 2], v[:, :, 1])
