@@ -227,17 +227,6 @@ def bench_lart(config, seq_len: int | None, batch: int, steps: int, warmup: int)
   }
 
 
-def _median_seconds(fn, args: tuple, steps: int, warmup: int) -> float:
-  for _ in range(max(1, warmup)):
-    jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(max(1, steps)):
-    t = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t)
-  return statistics.median(times)
-
-
 def _without_attention(q, k, v, **_):
   """Stand-in for the attention: each query head takes its key/value group's values."""
   return jnp.repeat(v, q.shape[2] // k.shape[2], axis=2)
@@ -260,25 +249,27 @@ def bench_toto_breakdown(config, seq_len: int | None, batch: int, steps: int, wa
                                                          np.int32))
   rng = jax.random.key(0)
 
+  def median_s(fn, *args) -> float:
+    return statistics.median(_time_calls(lambda: fn(*args), steps, warmup))
+
   def loss(p):
     return task.loss(p, {'tokens': tokens}, rng)[0]
 
   grad_fn = jax.jit(jax.grad(loss))
-  out = {'forward_s': _median_seconds(jax.jit(loss), (params,), steps, warmup),
-         'forward_backward_s': _median_seconds(grad_fn, (params,), steps, warmup)}
+  out = {'forward_s': median_s(jax.jit(loss), params),
+         'forward_backward_s': median_s(grad_fn, params)}
   tx = train_lib.make_tx(task, config.train)
   grads, opt_state = grad_fn(params), tx.init(params)
 
   def update(g, o, p):
     u, o = tx.update(g, o, p)
     return optax.apply_updates(p, u), o
-  out['optimizer_s'] = _median_seconds(jax.jit(update), (grads, opt_state, params), steps, warmup)
+  out['optimizer_s'] = median_s(jax.jit(update), grads, opt_state, params)
   real = attention_lib.dot_product_attention
   attention_lib.dot_product_attention = _without_attention
   try:
     no_attention = jax.jit(jax.grad(loss))
-    out['forward_backward_without_attention_s'] = _median_seconds(no_attention, (params,), steps,
-                                                                  warmup)
+    out['forward_backward_without_attention_s'] = median_s(no_attention, params)
   finally:
     attention_lib.dot_product_attention = real
 
@@ -297,7 +288,7 @@ def bench_toto_breakdown(config, seq_len: int | None, batch: int, steps: int, wa
   for (a, b), count in shapes.items():
     x, w = jnp.ones((n, a), jnp.float32), jnp.full((a, b), 0.01, jnp.float32)
     fb = jax.jit(jax.grad(lambda x, w: (x @ w).sum(), argnums=(0, 1)))
-    matmul_s += count * _median_seconds(fb, (x, w), steps, warmup)
+    matmul_s += count * median_s(fb, x, w)
   out['projection_matmuls_s'] = matmul_s
   out['attention_s'] = out['forward_backward_s'] - out['forward_backward_without_attention_s']
   out['other_s'] = out['forward_backward_without_attention_s'] - matmul_s
@@ -372,9 +363,11 @@ def _tokenizer_record(which: str, resolution: int, batch: int, times: list[float
   }
 
 
-def _time_calls(fn, repeats: int) -> list[float]:
-  """``fn()`` once untimed (compilation), then ``repeats`` timed calls, each blocked on."""
-  jax.block_until_ready(fn())
+def _time_calls(fn, repeats: int, warmup: int = 1) -> list[float]:
+  """``fn()`` ``warmup`` times untimed (at least once: compilation), then ``repeats`` timed
+  calls, each blocked on."""
+  for _ in range(max(warmup, 1)):
+    jax.block_until_ready(fn())
   times = []
   for _ in range(max(repeats, 1)):
     t = time.perf_counter()
