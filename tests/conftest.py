@@ -151,6 +151,17 @@ def assert_trees_close(actual, expected, rtol: float, atol: float):
     np.testing.assert_allclose(x, y, rtol=rtol, atol=atol, err_msg=jax.tree_util.keystr(path))
 
 
+def random_vq_tokenizer():
+  """A tiny randomly initialised VQ tokenizer (stride 4: 16 px frames -> 4x4 codes over 16
+  codes), for CLI tests that must tokenize without trained weights."""
+  from tokenizers_jax import api, vq
+  cfg = vq.VQConfig(channels=(8, 16), res_blocks=0, mid_blocks=1, embed_dim=4, codebook_size=16,
+                    groups=4)
+  params = vq.VQVAE(cfg).init(jax.random.key(0), np.zeros((1, 16, 16, 3), np.float32))['params']
+  return api.from_vq(cfg, params, vq.init_codebook_state(jax.random.key(1), 16, 4),
+                     resolution=16, name='random-vq')
+
+
 class Helpers:
   """Namespace handed to tests by the ``helpers`` fixture (test modules cannot import conftest
   reliably under every pytest import mode)."""
@@ -163,6 +174,7 @@ class Helpers:
   to_numpy = staticmethod(to_numpy)
   assert_trees_equal = staticmethod(assert_trees_equal)
   assert_trees_close = staticmethod(assert_trees_close)
+  random_vq_tokenizer = staticmethod(random_vq_tokenizer)
 
 
 @pytest.fixture(scope='session')

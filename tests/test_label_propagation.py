@@ -107,15 +107,9 @@ def tiny_run(tmp_path_factory, small_toto_config):
   return workdir
 
 
-def test_cli_on_a_tiny_run(tiny_run, tmp_path, monkeypatch, capsys):
+def test_cli_on_a_tiny_run(tiny_run, tmp_path, monkeypatch, capsys, helpers):
   from launch import label_prop
-  from tokenizers_jax import api
-  from tokenizers_jax import vq
-  cfg = vq.VQConfig(channels=(8, 16), res_blocks=0, mid_blocks=1, embed_dim=4, codebook_size=16,
-                    groups=4)  # stride 4: 16 px -> 4x4 codes, the run's grid
-  params = vq.VQVAE(cfg).init(jax.random.key(0), np.zeros((1, 16, 16, 3), np.float32))['params']
-  tok = api.from_vq(cfg, params, vq.init_codebook_state(jax.random.key(1), 16, 4),
-                    resolution=16, name='random-vq')
+  tok = helpers.random_vq_tokenizer()  # stride 4: 16 px -> 4x4 codes, the run's grid
   monkeypatch.setattr(label_prop, 'tokenizer_from_workdir', lambda path: tok)
   out = str(tmp_path / 'lp')
   summary = label_prop.main(['--workdir', tiny_run, '--tokenizer_workdir', 'unused',

@@ -199,15 +199,11 @@ def tfds_two_classes(tmp_path_factory) -> str:
   return data_dir
 
 
-def test_cli_probes_a_local_tfds_split(tiny_run, tfds_two_classes, tmp_path, monkeypatch):
+def test_cli_probes_a_local_tfds_split(tiny_run, tfds_two_classes, tmp_path, monkeypatch,
+                                       helpers):
   from launch import probe as probe_cli
   from launch import tokenize as tokenize_lib
-  from tokenizers_jax import api, vq
-  cfg = vq.VQConfig(channels=(8, 16), res_blocks=0, mid_blocks=1, embed_dim=4, codebook_size=16,
-                    groups=4)
-  params = vq.VQVAE(cfg).init(jax.random.key(0), np.zeros((1, 16, 16, 3), np.float32))['params']
-  tok = api.from_vq(cfg, params, vq.init_codebook_state(jax.random.key(1), 16, 4),
-                    resolution=16, name='random-vq')
+  tok = helpers.random_vq_tokenizer()
   monkeypatch.setattr(tokenize_lib, 'load_tokenizer', lambda config: tok)
   out_dir = str(tmp_path / 'out')
   out = probe_cli.main(['--workdir', tiny_run, '--tfds', 'probe_test_images:train',
