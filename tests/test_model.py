@@ -356,6 +356,34 @@ def test_blockwise_attention_equals_reference(length, heads, kv_heads, block):
     np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
 
 
+def test_blockwise_attention_keeps_no_score_matrix_for_backward():
+  """Memory at long contexts: the backward pass keeps O(length) residuals (q, k, v, the output
+  and one log-sum-exp per query), never a [length x length] array of probabilities."""
+  from toto_jax.attention import blockwise_causal_attention
+  length, heads = 512, 4
+  q = jnp.ones((1, length, heads, 16), jnp.float32)
+  _, backward = jax.vjp(lambda q, k, v: blockwise_causal_attention(q, k, v, block=128), q, q, q)
+  sizes = [leaf.size for leaf in jax.tree.leaves(backward) if hasattr(leaf, 'size')]
+  assert sizes and max(sizes) <= length * heads * 16
+  assert sum(sizes) < length * length  # a single head's score matrix would already exceed it
+
+
+def test_blockwise_attention_bfloat16():
+  """bfloat16 in, bfloat16 out (gradients too), close to the float32 result."""
+  from toto_jax.attention import blockwise_causal_attention
+  rng = np.random.default_rng(0)
+  q, k, v = (jnp.asarray(rng.standard_normal((1, 200, 2, 16)), jnp.float32) for _ in range(3))
+  out32 = blockwise_causal_attention(q, k, v, block=64)
+  cast = [a.astype(jnp.bfloat16) for a in (q, k, v)]
+  out16 = blockwise_causal_attention(*cast, block=64)
+  assert out16.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(out16, np.float32), out32, atol=0.05)
+  grads = jax.grad(lambda *a: blockwise_causal_attention(*a, block=64).astype(jnp.float32).sum(),
+                   argnums=(0, 1, 2))(*cast)
+  assert all(g.dtype == jnp.bfloat16 and bool(jnp.isfinite(g.astype(jnp.float32)).all())
+             for g in grads)
+
+
 def test_attention_impl_names_are_checked():
   from toto_jax.attention import dot_product_attention
   q = jnp.zeros((1, 4, 2, 8))
