@@ -55,6 +55,7 @@ import platform
 import statistics
 import sys
 import time
+from typing import Callable
 
 import flax.linen as nn
 import jax
@@ -68,10 +69,11 @@ from launch import tasks as tasks_lib
 from launch import train as train_lib
 
 
-def time_train_step(task, config, mesh, local_batch: dict, steps: int, warmup: int
-                    ) -> tuple[list[float], float]:
+def time_train_step(task, config, mesh, local_batch: dict, steps: int, warmup: int,
+                    before_each: Callable[[], None] | None = None) -> tuple[list[float], float]:
   """Seconds of each timed call of the trainer's own jitted step (state created sharded, batch
-  placed as the trainer places it, state donated) and the last loss."""
+  placed as the trainer places it, state donated) and the last loss. ``before_each`` runs,
+  untimed, before every timed call."""
   rules = shard_lib.rules_of(config)
   batch = len(next(iter(local_batch.values())))
   tx = train_lib.make_tx(task, config.train)
@@ -86,6 +88,8 @@ def time_train_step(task, config, mesh, local_batch: dict, steps: int, warmup: i
                                        shard_lib.replicated(mesh))
     times = []
     for i in range(warmup + steps):
+      if i >= warmup and before_each is not None:
+        before_each()
       t = time.perf_counter()
       state, metrics = step_fn(state, batch_arrays, rng)
       jax.block_until_ready((state, metrics))
@@ -106,7 +110,12 @@ def bench_toto(config, seq_len: int | None, batch: int, steps: int, warmup: int)
   config.train.total_steps = max(config.train.total_steps, steps + warmup + 1)
   config.train.warmup_steps = min(config.train.warmup_steps, 1)
   tokens = np.random.default_rng(0).integers(4, m.vocab_size, (batch, length + 1), np.int32)
-  times, loss = time_train_step(task, config, mesh, {'tokens': tokens}, steps, warmup)
+  on_cpu = devices[0].platform == 'cpu'
+  # On a shared CPU the matmul rate drifts over minutes: measure it beside every timed step.
+  peaks: list[float] = []
+  times, loss = time_train_step(
+      task, config, mesh, {'tokens': tokens}, steps, warmup,
+      (lambda: peaks.append(flops_lib.matmul_flops_per_s(m.dtype, repeats=3))) if on_cpu else None)
 
   counts = param_counts(m)
   flops_per_token = decoder_train_flops_per_token(counts['matmul'], m.num_layers, length, m.dim,
@@ -115,7 +124,15 @@ def bench_toto(config, seq_len: int | None, batch: int, steps: int, warmup: int)
   tokens = batch * length
   achieved = flops_per_token * tokens / step_time
   peak, source = flops_lib.device_peak_flops(devices[0], m.dtype)
-  total_peak = peak if devices[0].platform == 'cpu' else peak * len(devices)
+  total_peak = peak if on_cpu else peak * len(devices)
+  extra = {}
+  if on_cpu:
+    best = max(peaks + [peak])
+    extra = {
+        'peak_flops_per_s_beside_steps': peaks,
+        'mfu_beside_steps': statistics.median(flops_per_token * tokens / (t * p)
+                                              for t, p in zip(times, peaks)),
+        'mfu_vs_best_peak': achieved / best, 'best_peak_flops_per_s': best}
   return {
       'bench': 'toto_train_step', 'variant': config.get('variant', ''), 'arch': m.arch,
       'dtype': m.dtype, 'seq_len': length, 'batch': batch, 'params': counts['total'],
@@ -124,7 +141,7 @@ def bench_toto(config, seq_len: int | None, batch: int, steps: int, warmup: int)
       'step_time_s_median': step_time, 'step_time_s_all': times,
       'tokens_per_s': tokens / step_time, 'model_flops_per_token': flops_per_token,
       'achieved_flops_per_s': achieved, 'peak_flops_per_s': total_peak, 'peak_source': source,
-      'mfu': achieved / total_peak, 'loss': loss,
+      'mfu': achieved / total_peak, 'loss': loss, **extra,
   }
 
 

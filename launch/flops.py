@@ -30,22 +30,29 @@ def decoder_train_flops_per_token(matmul_params: int, num_layers: int, length: i
   return 6.0 * matmul_params + attention
 
 
-@functools.lru_cache(maxsize=None)
-def measured_matmul_peak(dtype: str = 'float32', n: int = 2048, repeats: int = 10) -> float:
-  """Best FLOP/s of ``repeats`` ``n x n`` matmuls on the default device: the CPU's practical
-  peak. The best, not the median, because a peak is what the machine can do when nothing else
-  runs; on a shared machine the median drifts with the neighbours' load."""
+_MATMUL = jax.jit(jnp.matmul)
+
+
+def matmul_flops_per_s(dtype: str = 'float32', n: int = 2048, repeats: int = 10) -> float:
+  """Best FLOP/s of ``repeats`` ``n x n`` matmuls on the default device, measured now."""
   dt = jnp.dtype(dtype)
   a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), dt)
   b = jnp.asarray(np.random.default_rng(1).standard_normal((n, n)), dt)
-  f = jax.jit(lambda x, y: x @ y)
-  f(a, b).block_until_ready()
+  _MATMUL(a, b).block_until_ready()
   times = []
   for _ in range(repeats):
     t = time.perf_counter()
-    f(a, b).block_until_ready()
+    _MATMUL(a, b).block_until_ready()
     times.append(time.perf_counter() - t)
   return 2.0 * n ** 3 / float(np.min(times))
+
+
+@functools.lru_cache(maxsize=None)
+def measured_matmul_peak(dtype: str = 'float32', n: int = 2048, repeats: int = 10) -> float:
+  """The CPU's practical peak: :func:`matmul_flops_per_s`, once per process. The best, not the
+  median, because a peak is what the machine can do when nothing else runs; on a shared machine
+  the median drifts with the neighbours' load."""
+  return matmul_flops_per_s(dtype, n, repeats)
 
 
 def device_peak_flops(device=None, dtype: str = 'float32') -> tuple[float, str]:

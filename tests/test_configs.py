@@ -67,6 +67,11 @@ def test_bench_prints_one_json_line_with_the_documented_fields():
     assert key in r
   assert r['seq_len'] == 32 and r['batch'] == 2
   assert 0 < r['mfu'] < 1.5 and r['tokens_per_s'] > 0
+  # On CPU the matmul rate is also measured beside each timed step, and MFU against the best of
+  # every peak measured is the conservative figure.
+  assert len(r['peak_flops_per_s_beside_steps']) == len(r['step_time_s_all']) == 2
+  assert r['best_peak_flops_per_s'] >= max(r['peak_flops_per_s_beside_steps'] + [r['peak_flops_per_s']])
+  assert r['mfu_vs_best_peak'] <= min(r['mfu'], r['mfu_beside_steps']) + 1e-9
 
 
 def test_toto_breakdown_splits_the_step_and_restores_the_attention():
