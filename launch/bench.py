@@ -9,7 +9,9 @@ r"""Training-step benchmark: prints one JSON line with step time, tokens/s, FLOP
 It times the trainer's own jitted step (forward, backward, clipping, AdamW, donation) on random
 tokens already on the devices, so the figure is the model and optimizer, not the input pipeline.
 Peak FLOP/s: on CPU a large matmul is measured in the same process (the practical peak); on GPUs
-and TPUs the datasheet dense bf16 figure. Report medians; the machine is shared and noisy.
+and TPUs the datasheet dense bf16 figure. On CPU the matmul rate is also measured just before every
+timed step (``mfu_beside_steps``), and ``mfu_vs_best_peak`` divides by the best rate seen. Report
+medians; the machine is shared and noisy.
 ``torch_llama`` times the PyTorch ``transformers`` LlamaForCausalLM with AdamW at the same
 dimensions (torch and transformers are not dependencies of the project; install them to compare).
 ``toto_breakdown`` splits the step's time: forward, forward + backward, optimizer, the attention
