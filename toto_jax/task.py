@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from toto_jax import data as token_data
-from toto_jax.model import Toto, padded_vocab_size
+from toto_jax.model import Toto
 
 
 def param_counts(model_cfg) -> dict[str, int]:
