@@ -69,7 +69,9 @@ def _blockwise_forward(q: jax.Array, k: jax.Array, v: jax.Array, block: int):
     outs.append(o.astype(q.dtype))
     lses.append(row_max + jnp.log(denom))
   out_t = jnp.concatenate(outs, axis=3)
-  return _from_head_major(out_t, q.shape, q.dtype), (q, k, v, out_t, jnp.concatenate(lses, axis=3))
+  # Residuals stay head-major, so the backward pass does not transpose q, k and v again.
+  return (_from_head_major(out_t, q.shape, q.dtype),
+          (qt, kt, vt, out_t, jnp.concatenate(lses, axis=3)))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -86,16 +88,15 @@ def blockwise_causal_attention(q: jax.Array, k: jax.Array, v: jax.Array,
 
 
 def _blockwise_backward(block: int, residuals, d_out: jax.Array):
-  q, k, v, out_t, lse = residuals
+  qt, k_t, v_t, out_t, lse = residuals
   f32 = jnp.float32
-  scale = 1.0 / math.sqrt(q.shape[-1])
-  qt, kt, vt = _head_major(q, k, v)
-  kt, vt = kt.astype(f32), vt.astype(f32)
-  d_out_t = _queries_head_major(d_out, k.shape[2]).astype(f32)
+  scale = 1.0 / math.sqrt(qt.shape[-1])
+  kt, vt = k_t.astype(f32), v_t.astype(f32)
+  d_out_t = _queries_head_major(d_out, kt.shape[1]).astype(f32)
   # d softmax: dS = P * (dP - rowsum(dO * O)), the row sums once for all blocks.
   delta = (d_out_t * out_t.astype(f32)).sum(-1, keepdims=True)
   dq_blocks, dk, dv = [], jnp.zeros(kt.shape, f32), jnp.zeros(vt.shape, f32)
-  for lo, hi in _query_blocks(q.shape[1], block):
+  for lo, hi in _query_blocks(qt.shape[3], block):
     qi = qt[:, :, :, lo:hi]
     p = jnp.exp(_causal_scores(qi, kt, lo, hi, scale) - lse[:, :, :, lo:hi])
     d_oi = d_out_t[:, :, :, lo:hi]
@@ -104,13 +105,13 @@ def _blockwise_backward(block: int, residuals, d_out: jax.Array):
     ds = p * (dp - delta[:, :, :, lo:hi]) * scale
     dq_blocks.append(jnp.einsum('bkgqs,bksd->bkgqd', ds, kt[:, :, :hi]))
     dk = dk.at[:, :, :hi].add(jnp.einsum('bkgqs,bkgqd->bksd', ds, qi.astype(f32)))
-  dq = _from_head_major(jnp.concatenate(dq_blocks, axis=3), q.shape, q.dtype)
-  return (dq, jnp.transpose(dk, (0, 2, 1, 3)).astype(k.dtype),
-          jnp.transpose(dv, (0, 2, 1, 3)).astype(v.dtype))
+  b, kvh, g, t, d = qt.shape
+  dq = _from_head_major(jnp.concatenate(dq_blocks, axis=3), (b, t, kvh * g, d), qt.dtype)
+  return (dq, jnp.transpose(dk, (0, 2, 1, 3)).astype(k_t.dtype),
+          jnp.transpose(dv, (0, 2, 1, 3)).astype(v_t.dtype))
 
 
-blockwise_causal_attention.defvjp(lambda q, k, v, block: _blockwise_forward(q, k, v, block),
-                                  _blockwise_backward)
+blockwise_causal_attention.defvjp(_blockwise_forward, _blockwise_backward)
 
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool,
