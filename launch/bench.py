@@ -4,6 +4,7 @@ r"""Training-step benchmark: prints one JSON line with step time, tokens/s, FLOP
   python -m launch.bench toto --config configs/toto.py:tiny
   python -m launch.bench torch_llama --config configs/toto.py:base --seq_len 1024   # needs torch
   python -m launch.bench toto_breakdown --config configs/toto.py:base --seq_len 1024 --steps 3
+  python -m launch.bench profile --config configs/toto.py:base --seq_len 1024 [--trace_dir DIR]
   python -m launch.bench tokenizer [--which dvae|vq|job|all] [--resolution 128] [--batch 16]
 
 It times the trainer's own jitted step (forward, backward, clipping, AdamW, donation) on random
@@ -14,6 +15,9 @@ timed step (``mfu_beside_steps``), and ``mfu_vs_best_peak`` divides by the best 
 medians; the machine is shared and noisy.
 ``torch_llama`` times the PyTorch ``transformers`` LlamaForCausalLM with AdamW at the same
 dimensions (torch and transformers are not dependencies of the project; install them to compare).
+``profile`` traces one train step and groups the time XLA's ops recorded by pass (forward,
+backward, other) and model part (projection matmuls, attention, norms, layer scan, optimizer...),
+with the slowest ops and their shapes (:mod:`launch.op_profile`; ``--trace_dir`` keeps the trace).
 ``toto_breakdown`` splits the step's time: forward, forward + backward, optimizer, the attention
 (forward + backward with and without it) and the projection matmuls alone at the model's shapes.
 ``tokenizer`` times frame tokenization with random weights (one JSON line per item): the DALL-E
@@ -71,11 +75,11 @@ from launch import tasks as tasks_lib
 from launch import train as train_lib
 
 
-def time_train_step(task, config, mesh, local_batch: dict, steps: int, warmup: int,
-                    before_each: Callable[[], None] | None = None) -> tuple[list[float], float]:
-  """Seconds of each timed call of the trainer's own jitted step (state created sharded, batch
-  placed as the trainer places it, state donated) and the last loss. ``before_each`` runs,
-  untimed, before every timed call."""
+@contextlib.contextmanager
+def compiled_train_step(task, config, mesh, local_batch: dict):
+  """The trainer's own jitted step (state created sharded, batch placed as the trainer places
+  it, state donated), inside the mesh and logical-axis-rules context it runs in. Yields
+  ``(step_fn, state, batch_arrays, rng)``."""
   rules = shard_lib.rules_of(config)
   batch = len(next(iter(local_batch.values())))
   tx = train_lib.make_tx(task, config.train)
@@ -88,6 +92,14 @@ def time_train_step(task, config, mesh, local_batch: dict, steps: int, warmup: i
     step_fn = train_lib.jit_train_step(task, tx, shardings,
                                        {k: placer.sharding(k) for k in batch_arrays},
                                        shard_lib.replicated(mesh))
+    yield step_fn, state, batch_arrays, rng
+
+
+def time_train_step(task, config, mesh, local_batch: dict, steps: int, warmup: int,
+                    before_each: Callable[[], None] | None = None) -> tuple[list[float], float]:
+  """Seconds of each timed call of the trainer's own jitted step (:func:`compiled_train_step`)
+  and the last loss. ``before_each`` runs, untimed, before every timed call."""
+  with compiled_train_step(task, config, mesh, local_batch) as (step_fn, state, batch_arrays, rng):
     times = []
     for i in range(warmup + steps):
       if i >= warmup and before_each is not None:
@@ -98,6 +110,34 @@ def time_train_step(task, config, mesh, local_batch: dict, steps: int, warmup: i
       if i >= warmup:
         times.append(time.perf_counter() - t)
     return times, float(metrics['train/loss'])
+
+
+def profile_toto(config, seq_len: int | None, batch: int, warmup: int, trace_dir: str | None = None,
+                 top: int = 20) -> dict:
+  """One traced Toto train step, its recorded op time grouped by pass and model part
+  (:mod:`launch.op_profile`)."""
+  from launch import op_profile
+
+  task = tasks_lib.get_task(config)
+  m = config.model
+  length = seq_len or m.max_len
+  mesh = shard_lib.make_mesh(config.mesh, jax.devices())
+  config.train.warmup_steps = min(config.train.warmup_steps, 1)
+  tokens = np.random.default_rng(0).integers(4, m.vocab_size, (batch, length + 1), np.int32)
+  with compiled_train_step(task, config, mesh, {'tokens': tokens}) as (step_fn, state, batch_arrays,
+                                                                       rng):
+    hlo_text = step_fn.lower(state, batch_arrays, rng).compile().as_text()
+    for _ in range(max(warmup, 1)):
+      state, _ = step_fn(state, batch_arrays, rng)
+    jax.block_until_ready(state)
+
+    def run_once():
+      jax.block_until_ready(step_fn(state, batch_arrays, rng))
+
+    result = op_profile.profile_compiled(run_once, hlo_text, trace_dir, top)
+  return {'bench': 'toto_profile', 'variant': config.get('variant', ''), 'seq_len': length,
+          'batch': batch, 'device_kind': jax.devices()[0].device_kind,
+          'trace_dir': trace_dir, **result}
 
 
 def bench_toto(config, seq_len: int | None, batch: int, steps: int, warmup: int) -> dict:
@@ -607,6 +647,12 @@ def main(argv) -> None:
     print(json.dumps(bench_decode(fl.config, fl.seq_len, fl.prompt_len, fl.new_tokens,
                                   fl.batch or 1, fl.repeats)), flush=True)
     return
+  if len(argv) >= 2 and argv[1] == 'profile':
+    from launch import op_profile
+    result = profile_toto(fl.config, fl.seq_len, fl.batch or 1, fl.warmup, fl.trace_dir, fl.top)
+    print(op_profile.format_table(result), file=sys.stderr, flush=True)
+    print(json.dumps(result), flush=True)
+    return
   if len(argv) >= 2 and argv[1] == 'phalp':
     batches = tuple(int(b) for b in fl.batches.split(',') if b.strip())
     bench_phalp(batches, fl.capacity, fl.detections, fl.frames,
@@ -617,6 +663,8 @@ def main(argv) -> None:
                      'configs/toto.py:VARIANT [--seq_len N] [--batch B] [--steps S]\n'
                      '       python -m launch.bench tokenizer [--which dvae|vq|job|all] '
                      '[--resolution R] [--batch B] [--repeats N]\n'
+                     '       python -m launch.bench profile --config configs/toto.py:VARIANT '
+                     '[--seq_len N] [--batch B] [--trace_dir DIR] [--top K]\n'
                      '       python -m launch.bench decode --config configs/toto.py:VARIANT '
                      '[--seq_len N] [--prompt_len P] [--new_tokens N] [--repeats N]\n'
                      '       python -m launch.bench phalp [--batches 1,16,64] [--capacity K] '
@@ -645,6 +693,8 @@ if __name__ == '__main__':
   flags.DEFINE_bool('reference', False, 'phalp: also time the NumPy reference (B <= 16).')
   flags.DEFINE_bool('lmc', False, 'phalp: run the tracker with LMC (no reference comparison).')
   flags.DEFINE_integer('prompt_len', None, 'decode: prompt tokens (default: half the context).')
+  flags.DEFINE_string('trace_dir', None, 'profile: keep the trace here (TensorBoard / Perfetto).')
+  flags.DEFINE_integer('top', 20, 'profile: slowest ops listed.')
   flags.DEFINE_integer('new_tokens', None, 'decode: tokens to generate (default: fill the context).')
   if sys.argv[1:2] not in (['tokenizer'], ['phalp']):
     flags.mark_flags_as_required(['config'])
