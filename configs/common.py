@@ -7,6 +7,8 @@ task-specific fields. Everything here can be overridden from the command line, e
 
 from __future__ import annotations
 
+from typing import Any
+
 import ml_collections
 
 # One table decides the whole sharding layout (MaxText style): logical axis -> mesh axes.
@@ -84,3 +86,32 @@ def base_config() -> ml_collections.ConfigDict:
   # Peak FLOP/s per device for MFU; 0 = look up the device kind (see launch/flops.py).
   c.peak_flops_per_device = 0.0
   return c
+
+
+def set_field(config: ml_collections.ConfigDict, path: str, value: Any, source: str = 'config'
+              ) -> None:
+  """Sets the dotted ``path`` of ``config`` to ``value``. A string is converted to the field's
+  type (``true``/``false`` for booleans; kept as a string where the field is unset); an unknown
+  path is a ``KeyError`` and an unconvertible value a ``ValueError``, both naming ``source`` (the
+  flag the value came from) and the path."""
+  *parents, leaf = path.split('.')
+  node = config
+  for p in parents:
+    if p not in node or not isinstance(node[p], ml_collections.ConfigDict):
+      raise KeyError(f'{source} {path}: the config has no field {p!r}')
+    node = node[p]
+  if leaf not in node:
+    raise KeyError(f'{source} {path}: the config has no field {leaf!r}')
+  old = node[leaf]
+  if isinstance(value, str) and old is not None and not isinstance(old, str):
+    if isinstance(old, bool):
+      if value.lower() not in ('true', 'false'):
+        raise ValueError(f'{source} {path}: expected true or false, got {value!r}')
+      value = value.lower() == 'true'
+    else:
+      try:
+        value = type(old)(value)
+      except (TypeError, ValueError):
+        raise ValueError(f'{source} {path}: expected a {type(old).__name__}, got {value!r}'
+                         ) from None
+  node[leaf] = value

@@ -41,6 +41,8 @@ from typing import Any
 
 import numpy as np
 
+from configs import common
+
 MODELS = {  # name -> configs/lart.py argument
     'pose_n1': 'tiny,n1',
     'pose_n5': 'tiny,n5',
@@ -75,30 +77,8 @@ def benchmark_config(arg: str, *, steps: int, videos: int, eval_videos: int, see
   c.evaluate.batch_size = 32
   c.evaluate.annotated_only = True  # the generator leaves people near the border unannotated
   for path, value in (overrides or {}).items():
-    set_field(c, path, value)
+    common.set_field(c, path, value, source='--set')
   return c
-
-
-def set_field(config, path: str, value: Any) -> None:
-  """Sets the dotted ``path`` of ``config`` to ``value`` (a string is converted to the field's
-  type); an unknown path is a ``KeyError`` that names it."""
-  *parents, leaf = path.split('.')
-  node = config
-  for p in parents:
-    if p not in node:
-      raise KeyError(f'--set {path}: the config has no field {p!r}')
-    node = node[p]
-  if leaf not in node:
-    raise KeyError(f'--set {path}: the config has no field {leaf!r}')
-  old = node[leaf]
-  if isinstance(value, str) and not isinstance(old, str):
-    if isinstance(old, bool):
-      if value.lower() not in ('true', 'false'):
-        raise ValueError(f'--set {path}: expected true or false, got {value!r}')
-      value = value.lower() == 'true'
-    else:
-      value = type(old)(value)
-  node[leaf] = value
 
 
 def group_means(per_class: Mapping[int, float]) -> dict[str, float]:

@@ -5,6 +5,8 @@ r"""Training-step benchmark: prints one JSON line with step time, tokens/s, FLOP
   python -m launch.bench torch_llama --config configs/toto.py:base --seq_len 1024   # needs torch
   python -m launch.bench toto_breakdown --config configs/toto.py:base --seq_len 1024 --steps 3
   python -m launch.bench profile --config configs/toto.py:base --seq_len 1024 [--trace_dir DIR]
+  python -m launch.bench compare --config configs/toto.py:base --seq_len 1024 --rounds 6 \
+      --variant as_is --variant remat:model.remat_policy=full
   python -m launch.bench tokenizer [--which dvae|vq|job|all] [--resolution 128] [--batch 16]
 
 It times the trainer's own jitted step (forward, backward, clipping, AdamW, donation) on random
@@ -15,6 +17,9 @@ timed step (``mfu_beside_steps``), and ``mfu_vs_best_peak`` divides by the best 
 medians; the machine is shared and noisy.
 ``torch_llama`` times the PyTorch ``transformers`` LlamaForCausalLM with AdamW at the same
 dimensions (torch and transformers are not dependencies of the project; install them to compare).
+``compare`` compiles several variants of one config (``--variant NAME:FIELD=VALUE;...``) in one
+process and times their train steps in turn, round after round: on a shared machine this is the
+comparison to trust (the median per-round ratio to the first variant is reported).
 ``profile`` traces one train step and groups the time XLA's ops recorded by pass (forward,
 backward, other) and model part (projection matmuls, attention, norms, layer scan, optimizer...),
 with the slowest ops and their shapes (:mod:`launch.op_profile`; ``--trace_dir`` keeps the trace).
@@ -55,6 +60,7 @@ median of ``--repeats`` calls is reported, with the fraction of tokens on which 
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import platform
@@ -110,6 +116,83 @@ def time_train_step(task, config, mesh, local_batch: dict, steps: int, warmup: i
       if i >= warmup:
         times.append(time.perf_counter() - t)
     return times, float(metrics['train/loss'])
+
+
+def parse_variant(spec: str) -> tuple[str, dict[str, str]]:
+  """``NAME:FIELD=VALUE;FIELD=VALUE`` (or ``NAME`` alone: the config as given) -> name and
+  overrides of dotted config fields."""
+  name, _, assignments = spec.partition(':')
+  if not name.strip():
+    raise ValueError(f'--variant {spec!r}: give it a name, NAME:FIELD=VALUE;...')
+  overrides = {}
+  for item in filter(None, (a.strip() for a in assignments.split(';'))):
+    field, eq, value = item.partition('=')
+    if not eq or not field.strip():
+      raise ValueError(f'--variant {spec!r}: {item!r} is not FIELD=VALUE')
+    overrides[field.strip()] = value.strip()
+  return name.strip(), overrides
+
+
+def compare_toto(config, variants: list[str], seq_len: int | None, batch: int, rounds: int,
+                 warmup: int) -> dict:
+  """Train steps of several variants of one config, compiled side by side in one process and
+  timed in turn for ``rounds`` rounds. On a shared machine whose speed drifts by tens of percent
+  over minutes, this is the comparison to trust: every round times each variant within seconds
+  of the others, and ``ratio_to_first_median`` is the median over rounds of each variant's step
+  time over the first variant's in the same round."""
+  from configs import common
+
+  parsed = [parse_variant(v) for v in variants]
+  names = [n for n, _ in parsed]
+  if len(parsed) < 2 or len(set(names)) != len(names):
+    raise ValueError(f'--variant: give two or more variants with distinct names, got {names}')
+  length = seq_len or config.model.max_len
+  tokens = np.random.default_rng(0).integers(4, config.model.vocab_size, (batch, length + 1),
+                                             np.int32)
+  runs = []
+  with contextlib.ExitStack() as stack:
+    for name, overrides in parsed:
+      cfg = copy.deepcopy(config)
+      for field, value in overrides.items():
+        common.set_field(cfg, field, value, source=f'--variant {name}:')
+      cfg.train.warmup_steps = min(cfg.train.warmup_steps, 1)
+      task = tasks_lib.get_task(cfg)
+      mesh = shard_lib.make_mesh(cfg.mesh, jax.devices())
+      step_fn, state, batch_arrays, rng = stack.enter_context(
+          compiled_train_step(task, cfg, mesh, {'tokens': tokens}))
+      losses = []
+      for _ in range(max(warmup, 1)):
+        state, metrics = step_fn(state, batch_arrays, rng)
+        losses.append(float(metrics['train/loss']))
+      runs.append({'name': name, 'overrides': overrides, 'step': step_fn, 'state': state,
+                   'batch': batch_arrays, 'rng': rng, 'mesh': mesh,
+                   'rules': shard_lib.rules_of(cfg), 'first_loss': losses[0], 'times': []})
+    for _ in range(rounds):
+      for run in runs:
+        with jax.set_mesh(run['mesh']), nn.logical_axis_rules(run['rules']):
+          t = time.perf_counter()
+          run['state'], metrics = run['step'](run['state'], run['batch'], run['rng'])
+          jax.block_until_ready((run['state'], metrics))
+          run['times'].append(time.perf_counter() - t)
+  first = runs[0]['times']
+  return {
+      'bench': 'toto_compare', 'variant': config.get('variant', ''), 'seq_len': length,
+      'batch': batch, 'rounds': rounds, 'device_kind': jax.devices()[0].device_kind,
+      'machine': platform.processor() or platform.machine(),
+      'variants': [{
+          'name': r['name'], 'overrides': r['overrides'], 'first_loss': r['first_loss'],
+          'step_time_s_median': statistics.median(r['times']), 'step_time_s_all': r['times'],
+          'ratio_to_first_median': statistics.median(a / b for a, b in zip(r['times'], first)),
+      } for r in runs]}
+
+
+def format_comparison(result: dict) -> str:
+  lines = [f"{'variant':24s} {'median s':>9s} {'x first':>8s}  overrides"]
+  for v in result['variants']:
+    lines.append(f"{v['name']:24s} {v['step_time_s_median']:9.3f} "
+                 f"{v['ratio_to_first_median']:8.3f}  "
+                 + '; '.join(f'{k}={x}' for k, x in v['overrides'].items()))
+  return '\n'.join(lines)
 
 
 def profile_toto(config, seq_len: int | None, batch: int, warmup: int, trace_dir: str | None = None,
@@ -647,6 +730,12 @@ def main(argv) -> None:
     print(json.dumps(bench_decode(fl.config, fl.seq_len, fl.prompt_len, fl.new_tokens,
                                   fl.batch or 1, fl.repeats)), flush=True)
     return
+  if len(argv) >= 2 and argv[1] == 'compare':
+    result = compare_toto(fl.config, fl.variant or [], fl.seq_len, fl.batch or 1, fl.rounds,
+                          fl.warmup)
+    print(format_comparison(result), file=sys.stderr, flush=True)
+    print(json.dumps(result), flush=True)
+    return
   if len(argv) >= 2 and argv[1] == 'profile':
     from launch import op_profile
     result = profile_toto(fl.config, fl.seq_len, fl.batch or 1, fl.warmup, fl.trace_dir, fl.top)
@@ -663,6 +752,8 @@ def main(argv) -> None:
                      'configs/toto.py:VARIANT [--seq_len N] [--batch B] [--steps S]\n'
                      '       python -m launch.bench tokenizer [--which dvae|vq|job|all] '
                      '[--resolution R] [--batch B] [--repeats N]\n'
+                     '       python -m launch.bench compare --config configs/toto.py:VARIANT '
+                     '--variant NAME[:FIELD=VALUE;...] --variant ... [--rounds R]\n'
                      '       python -m launch.bench profile --config configs/toto.py:VARIANT '
                      '[--seq_len N] [--batch B] [--trace_dir DIR] [--top K]\n'
                      '       python -m launch.bench decode --config configs/toto.py:VARIANT '
@@ -693,6 +784,9 @@ if __name__ == '__main__':
   flags.DEFINE_bool('reference', False, 'phalp: also time the NumPy reference (B <= 16).')
   flags.DEFINE_bool('lmc', False, 'phalp: run the tracker with LMC (no reference comparison).')
   flags.DEFINE_integer('prompt_len', None, 'decode: prompt tokens (default: half the context).')
+  flags.DEFINE_multi_string('variant', None, 'compare: NAME:FIELD=VALUE;FIELD=VALUE (repeat; '
+                            'the first is the reference).')
+  flags.DEFINE_integer('rounds', 5, 'compare: timed rounds (each variant once per round).')
   flags.DEFINE_string('trace_dir', None, 'profile: keep the trace here (TensorBoard / Perfetto).')
   flags.DEFINE_integer('top', 20, 'profile: slowest ops listed.')
   flags.DEFINE_integer('new_tokens', None, 'decode: tokens to generate (default: fill the context).')
