@@ -81,6 +81,13 @@ from launch import tasks as tasks_lib
 from launch import train as train_lib
 
 
+def random_tokens(model_config, batch: int, length: int) -> np.ndarray:
+  """``batch`` sequences of ``length + 1`` ids (inputs and shifted targets) from the real
+  vocabulary, past the reserved ids; the same for every bench so their figures compare."""
+  return np.random.default_rng(0).integers(4, model_config.vocab_size, (batch, length + 1),
+                                           np.int32)
+
+
 @contextlib.contextmanager
 def compiled_train_step(task, config, mesh, local_batch: dict):
   """The trainer's own jitted step (state created sharded, batch placed as the trainer places
@@ -147,8 +154,7 @@ def compare_toto(config, variants: list[str], seq_len: int | None, batch: int, r
   if len(parsed) < 2 or len(set(names)) != len(names):
     raise ValueError(f'--variant: give two or more variants with distinct names, got {names}')
   length = seq_len or config.model.max_len
-  tokens = np.random.default_rng(0).integers(4, config.model.vocab_size, (batch, length + 1),
-                                             np.int32)
+  tokens = random_tokens(config.model, batch, length)
   runs = []
   with contextlib.ExitStack() as stack:
     for name, overrides in parsed:
@@ -160,13 +166,13 @@ def compare_toto(config, variants: list[str], seq_len: int | None, batch: int, r
       mesh = shard_lib.make_mesh(cfg.mesh, jax.devices())
       step_fn, state, batch_arrays, rng = stack.enter_context(
           compiled_train_step(task, cfg, mesh, {'tokens': tokens}))
-      losses = []
-      for _ in range(max(warmup, 1)):
-        state, metrics = step_fn(state, batch_arrays, rng)
-        losses.append(float(metrics['train/loss']))
+      state, metrics = step_fn(state, batch_arrays, rng)
+      first_loss = float(metrics['train/loss'])
+      for _ in range(warmup - 1):
+        state, _ = step_fn(state, batch_arrays, rng)
       runs.append({'name': name, 'overrides': overrides, 'step': step_fn, 'state': state,
                    'batch': batch_arrays, 'rng': rng, 'mesh': mesh,
-                   'rules': shard_lib.rules_of(cfg), 'first_loss': losses[0], 'times': []})
+                   'rules': shard_lib.rules_of(cfg), 'first_loss': first_loss, 'times': []})
     for _ in range(rounds):
       for run in runs:
         with jax.set_mesh(run['mesh']), nn.logical_axis_rules(run['rules']):
@@ -206,18 +212,18 @@ def profile_toto(config, seq_len: int | None, batch: int, warmup: int, trace_dir
   length = seq_len or m.max_len
   mesh = shard_lib.make_mesh(config.mesh, jax.devices())
   config.train.warmup_steps = min(config.train.warmup_steps, 1)
-  tokens = np.random.default_rng(0).integers(4, m.vocab_size, (batch, length + 1), np.int32)
+  tokens = random_tokens(m, batch, length)
   with compiled_train_step(task, config, mesh, {'tokens': tokens}) as (step_fn, state, batch_arrays,
                                                                        rng):
-    hlo_text = step_fn.lower(state, batch_arrays, rng).compile().as_text()
+    compiled = step_fn.lower(state, batch_arrays, rng).compile()  # its HLO names the trace's ops
     for _ in range(max(warmup, 1)):
-      state, _ = step_fn(state, batch_arrays, rng)
+      state, _ = compiled(state, batch_arrays, rng)
     jax.block_until_ready(state)
 
     def run_once():
-      jax.block_until_ready(step_fn(state, batch_arrays, rng))
+      jax.block_until_ready(compiled(state, batch_arrays, rng))
 
-    result = op_profile.profile_compiled(run_once, hlo_text, trace_dir, top)
+    result = op_profile.profile_compiled(run_once, compiled.as_text(), trace_dir, top)
   return {'bench': 'toto_profile', 'variant': config.get('variant', ''), 'seq_len': length,
           'batch': batch, 'device_kind': jax.devices()[0].device_kind,
           'trace_dir': trace_dir, **result}
@@ -234,7 +240,7 @@ def bench_toto(config, seq_len: int | None, batch: int, steps: int, warmup: int)
   mesh = shard_lib.make_mesh(config.mesh, devices)
   config.train.total_steps = max(config.train.total_steps, steps + warmup + 1)
   config.train.warmup_steps = min(config.train.warmup_steps, 1)
-  tokens = np.random.default_rng(0).integers(4, m.vocab_size, (batch, length + 1), np.int32)
+  tokens = random_tokens(m, batch, length)
   on_cpu = devices[0].platform == 'cpu'
   # On a shared CPU the matmul rate drifts over minutes: measure it beside every timed step.
   peaks: list[float] = []
@@ -387,8 +393,7 @@ def bench_toto_breakdown(config, seq_len: int | None, batch: int, steps: int, wa
   m = config.model
   length = seq_len or m.max_len
   params = shard_lib.unbox(task.init(jax.random.key(0)))
-  tokens = jnp.asarray(np.random.default_rng(0).integers(4, m.vocab_size, (batch, length + 1),
-                                                         np.int32))
+  tokens = jnp.asarray(random_tokens(m, batch, length))
   rng = jax.random.key(0)
 
   def median_s(fn, *args) -> float:

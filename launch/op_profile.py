@@ -25,6 +25,7 @@ import json
 import os
 import re
 import tempfile
+import time
 from typing import Callable
 
 import jax
@@ -67,10 +68,10 @@ def op_part(op_name: str) -> str:
   module = path[-1]
   if primitive == 'dot_general' and module in _PROJECTIONS:
     return 'projection matmuls'
-  if 'attn' in path and not any(p.endswith('norm') for p in path):
-    return 'attention'
   if any(p.endswith('norm') for p in path):
     return 'norms'
+  if 'attn' in path:
+    return 'attention'
   if 'mlp' in path:
     return 'mlp activation'
   if module in ('embed', 'Toto') and primitive in ('gather', 'scatter-add', 'scatter_add'):
@@ -164,8 +165,6 @@ def profile_compiled(run_once: Callable[[], object], hlo_text: str, trace_dir: s
                      top: int = 20) -> dict:
   """Traces one call of ``run_once`` (already compiled and warmed up) and summarizes it against
   the compiled ``hlo_text``; the trace is kept in ``trace_dir`` when given."""
-  import time
-
   with tempfile.TemporaryDirectory() as tmp:
     directory = trace_dir or tmp
     wall = []
