@@ -437,3 +437,62 @@ def test_dropout_and_drop_path_only_in_training():
   skipped = _Stack(off, deterministic=False).apply(params, x, mask,
                                                   rngs={'dropout': jax.random.key(3)})
   np.testing.assert_allclose(skipped, x, atol=1e-5)
+
+
+def test_swiglu_gradient_matches_autodiff_and_keeps_two_residuals():
+  """The hand-written SwiGLU backward equals autodiff of ``silu(gate) * up`` and keeps only the
+  two inputs (autodiff would also keep sigmoid(gate) and silu(gate))."""
+  from toto_jax.model import swiglu
+  rng = np.random.default_rng(0)
+  gate, up, d_out = (jnp.asarray(4 * rng.standard_normal((3, 5, 16)), jnp.float32)
+                     for _ in range(3))
+  out, backward = jax.vjp(swiglu, gate, up)
+  ref_out, ref_backward = jax.vjp(lambda g, u: jax.nn.silu(g) * u, gate, up)
+  np.testing.assert_allclose(out, ref_out, rtol=1e-6, atol=1e-6)
+  for ours, ref in zip(backward(d_out), ref_backward(d_out)):
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
+  kept = [leaf for leaf in jax.tree.leaves(backward) if hasattr(leaf, 'shape')]
+  assert sum(leaf.size for leaf in kept) == 2 * gate.size
+  grads16 = jax.grad(lambda g, u: swiglu(g, u).astype(jnp.float32).sum(), argnums=(0, 1))(
+      gate.astype(jnp.bfloat16), up.astype(jnp.bfloat16))
+  assert all(g.dtype == jnp.bfloat16 for g in grads16)
+
+
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+def test_rms_norm_gradient_matches_autodiff_and_keeps_no_normalised_copy(dtype):
+  """The hand-written RMSNorm backward equals autodiff of the float32 formula; it keeps ``x``,
+  one inverse RMS per row and the scale, not the normalised ``x`` as well."""
+  from toto_jax.model import rms_norm
+
+  def reference(x, scale, eps=1e-6):
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return (y * scale).astype(x.dtype)
+
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(3 * rng.standard_normal((2, 7, 32)), dtype)
+  scale = jnp.asarray(1 + 0.1 * rng.standard_normal(32), jnp.float32)
+  d_out = jnp.asarray(rng.standard_normal((2, 7, 32)), dtype)
+  out, backward = jax.vjp(lambda x, s: rms_norm(x, s, 1e-6), x, scale)
+  ref_out, ref_backward = jax.vjp(reference, x, scale)
+  tol = 1e-5 if dtype == jnp.float32 else 2e-2
+  np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(ref_out, np.float32),
+                             rtol=tol, atol=tol)
+  for ours, ref in zip(backward(d_out), ref_backward(d_out)):
+    assert ours.dtype == ref.dtype
+    np.testing.assert_allclose(np.asarray(ours, np.float32), np.asarray(ref, np.float32),
+                               rtol=tol, atol=tol * 5)
+  kept = [leaf for leaf in jax.tree.leaves(backward) if hasattr(leaf, 'shape')]
+  assert sum(leaf.size for leaf in kept) == x.size + 2 * 7 + 32  # x, one per row, the scale
+
+
+def test_gelu_gradient_matches_autodiff_and_keeps_only_its_input():
+  from toto_jax.model import gelu
+  x = jnp.asarray(np.random.default_rng(2).standard_normal((4, 64)) * 3, jnp.float32)
+  d_out = jnp.asarray(np.random.default_rng(3).standard_normal((4, 64)), jnp.float32)
+  out, backward = jax.vjp(gelu, x)
+  ref_out, ref_backward = jax.vjp(lambda x: jax.nn.gelu(x, approximate=True), x)
+  np.testing.assert_allclose(out, ref_out, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(backward(d_out)[0], ref_backward(d_out)[0], rtol=1e-5, atol=1e-5)
+  kept = [leaf for leaf in jax.tree.leaves(backward) if hasattr(leaf, 'shape')]
+  assert sum(leaf.size for leaf in kept) == x.size
