@@ -496,3 +496,25 @@ def test_gelu_gradient_matches_autodiff_and_keeps_only_its_input():
   np.testing.assert_allclose(backward(d_out)[0], ref_backward(d_out)[0], rtol=1e-5, atol=1e-5)
   kept = [leaf for leaf in jax.tree.leaves(backward) if hasattr(leaf, 'shape')]
   assert sum(leaf.size for leaf in kept) == x.size
+
+
+def test_layer_norm_gradient_matches_autodiff_and_keeps_no_normalised_copy():
+  from toto_jax.model import layer_norm
+
+  def reference(x, scale, bias, eps=1e-5):
+    mean = x.mean(-1, keepdims=True)
+    var = jnp.square(x - mean).mean(-1, keepdims=True)
+    return (x - mean) * jax.lax.rsqrt(var + eps) * scale + bias
+
+  rng = np.random.default_rng(4)
+  x = jnp.asarray(2 + 3 * rng.standard_normal((2, 7, 32)), jnp.float32)
+  scale = jnp.asarray(1 + 0.1 * rng.standard_normal(32), jnp.float32)
+  bias = jnp.asarray(0.1 * rng.standard_normal(32), jnp.float32)
+  d_out = jnp.asarray(rng.standard_normal((2, 7, 32)), jnp.float32)
+  out, backward = jax.vjp(lambda x, s, b: layer_norm(x, s, b, 1e-5), x, scale, bias)
+  ref_out, ref_backward = jax.vjp(reference, x, scale, bias)
+  np.testing.assert_allclose(out, ref_out, rtol=1e-5, atol=1e-5)
+  for ours, ref in zip(backward(d_out), ref_backward(d_out)):
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4)
+  kept = [leaf for leaf in jax.tree.leaves(backward) if hasattr(leaf, 'shape')]
+  assert sum(leaf.size for leaf in kept) == x.size + 2 * 2 * 7 + 32  # x, mean and 1/std, scale
