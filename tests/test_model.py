@@ -439,6 +439,11 @@ def test_dropout_and_drop_path_only_in_training():
   np.testing.assert_allclose(skipped, x, atol=1e-5)
 
 
+def _kept_elements(backward) -> int:
+  """Array elements a ``jax.vjp`` backward function holds for the backward pass."""
+  return sum(leaf.size for leaf in jax.tree.leaves(backward) if hasattr(leaf, 'shape'))
+
+
 def test_swiglu_gradient_matches_autodiff_and_keeps_two_residuals():
   """The hand-written SwiGLU backward equals autodiff of ``silu(gate) * up`` and keeps only the
   two inputs (autodiff would also keep sigmoid(gate) and silu(gate))."""
@@ -451,8 +456,7 @@ def test_swiglu_gradient_matches_autodiff_and_keeps_two_residuals():
   np.testing.assert_allclose(out, ref_out, rtol=1e-6, atol=1e-6)
   for ours, ref in zip(backward(d_out), ref_backward(d_out)):
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
-  kept = [leaf for leaf in jax.tree.leaves(backward) if hasattr(leaf, 'shape')]
-  assert sum(leaf.size for leaf in kept) == 2 * gate.size
+  assert _kept_elements(backward) == 2 * gate.size
   grads16 = jax.grad(lambda g, u: swiglu(g, u).astype(jnp.float32).sum(), argnums=(0, 1))(
       gate.astype(jnp.bfloat16), up.astype(jnp.bfloat16))
   assert all(g.dtype == jnp.bfloat16 for g in grads16)
@@ -482,8 +486,7 @@ def test_rms_norm_gradient_matches_autodiff_and_keeps_no_normalised_copy(dtype):
     assert ours.dtype == ref.dtype
     np.testing.assert_allclose(np.asarray(ours, np.float32), np.asarray(ref, np.float32),
                                rtol=tol, atol=tol * 5)
-  kept = [leaf for leaf in jax.tree.leaves(backward) if hasattr(leaf, 'shape')]
-  assert sum(leaf.size for leaf in kept) == x.size + 2 * 7 + 32  # x, one per row, the scale
+  assert _kept_elements(backward) == x.size + 2 * 7 + 32  # x, one per row, the scale
 
 
 def test_gelu_gradient_matches_autodiff_and_keeps_only_its_input():
@@ -494,8 +497,7 @@ def test_gelu_gradient_matches_autodiff_and_keeps_only_its_input():
   ref_out, ref_backward = jax.vjp(lambda x: jax.nn.gelu(x, approximate=True), x)
   np.testing.assert_allclose(out, ref_out, rtol=1e-6, atol=1e-6)
   np.testing.assert_allclose(backward(d_out)[0], ref_backward(d_out)[0], rtol=1e-5, atol=1e-5)
-  kept = [leaf for leaf in jax.tree.leaves(backward) if hasattr(leaf, 'shape')]
-  assert sum(leaf.size for leaf in kept) == x.size
+  assert _kept_elements(backward) == x.size
 
 
 def test_layer_norm_gradient_matches_autodiff_and_keeps_no_normalised_copy():
@@ -516,5 +518,4 @@ def test_layer_norm_gradient_matches_autodiff_and_keeps_no_normalised_copy():
   np.testing.assert_allclose(out, ref_out, rtol=1e-5, atol=1e-5)
   for ours, ref in zip(backward(d_out), ref_backward(d_out)):
     np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4)
-  kept = [leaf for leaf in jax.tree.leaves(backward) if hasattr(leaf, 'shape')]
-  assert sum(leaf.size for leaf in kept) == x.size + 2 * 2 * 7 + 32  # x, mean and 1/std, scale
+  assert _kept_elements(backward) == x.size + 2 * 2 * 7 + 32  # x, mean and 1/std, scale

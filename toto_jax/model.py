@@ -120,8 +120,7 @@ def rms_norm(x: Array, scale: Array, eps: float) -> Array:
   """``x / rms(x) * scale`` in float32, returned in ``x``'s dtype. Differentiated by hand so the
   backward pass keeps ``x`` and one inverse RMS per row, not also the normalised ``x`` (autodiff
   keeps both, one more ``[tokens, dim]`` array per norm)."""
-  x32 = x.astype(jnp.float32)
-  return (x32 * _inverse_rms(x32, eps) * scale).astype(x.dtype)
+  return _rms_norm_forward(x, scale, eps)[0]
 
 
 def _rms_norm_forward(x: Array, scale: Array, eps: float):
@@ -134,8 +133,9 @@ def _rms_norm_backward(eps: float, residuals, dy: Array):
   del eps
   x, inv, scale = residuals
   normed = x.astype(jnp.float32) * inv
-  d_normed = dy.astype(jnp.float32) * scale
-  d_scale = (dy.astype(jnp.float32) * normed).reshape(-1, normed.shape[-1]).sum(0)
+  dy32 = dy.astype(jnp.float32)
+  d_normed = dy32 * scale
+  d_scale = (dy32 * normed).reshape(-1, normed.shape[-1]).sum(0)
   dx = inv * (d_normed - normed * jnp.mean(d_normed * normed, axis=-1, keepdims=True))
   return dx.astype(x.dtype), d_scale
 
@@ -311,7 +311,7 @@ def swiglu(gate: Array, up: Array) -> Array:
   ``up``: autodiff also keeps ``sigmoid(gate)`` and ``silu(gate)``, two more ``[tokens, mlp]``
   arrays per layer. Alone, it took the ``base`` CPU train step to 0.90x the time and 20% less
   temporary memory (the README's Benchmarks give the figures of all the hand-written VJPs)."""
-  return nn.silu(gate) * up
+  return _swiglu_forward(gate, up)[0]
 
 
 def _swiglu_forward(gate: Array, up: Array):
@@ -330,14 +330,14 @@ def _swiglu_backward(residuals, d_hidden: Array):
 swiglu.defvjp(_swiglu_forward, _swiglu_backward)
 
 
-_GELU_C = math.sqrt(2 / math.pi)
+_GELU_C, _GELU_A = math.sqrt(2 / math.pi), 0.044715  # tanh(C * (x + A * x^3))
 
 
 @jax.custom_vjp
 def gelu(x: Array) -> Array:
   """GELU, tanh approximation (GPT-2); the backward pass keeps only ``x`` (autodiff keeps the
   tanh and its intermediates as well, each ``[tokens, mlp]``)."""
-  return nn.gelu(x, approximate=True)
+  return _gelu_forward(x)[0]
 
 
 def _gelu_forward(x: Array):
@@ -346,8 +346,8 @@ def _gelu_forward(x: Array):
 
 def _gelu_backward(x: Array, dy: Array):
   x32 = x.astype(jnp.float32)
-  t = jnp.tanh(_GELU_C * (x32 + 0.044715 * x32 ** 3))
-  slope = 0.5 * (1 + t) + 0.5 * x32 * (1 - t * t) * _GELU_C * (1 + 3 * 0.044715 * x32 * x32)
+  t = jnp.tanh(_GELU_C * (x32 + _GELU_A * x32 ** 3))
+  slope = 0.5 * (1 + t) + 0.5 * x32 * (1 - t * t) * _GELU_C * (1 + 3 * _GELU_A * x32 * x32)
   return ((dy.astype(jnp.float32) * slope).astype(x.dtype),)
 
 
