@@ -68,10 +68,30 @@ def layer_decay_scales(params: Any, decay: float, num_layers: int, *,
   return jax.tree_util.tree_map_with_path(scale, params)
 
 
-def make_optimizer(train_cfg, lr_scales: Any | None = None) -> optax.GradientTransformation:
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformationExtraArgs:
+  """``optax.clip_by_global_norm`` (same empty state, same result) that scales by one scalar
+  multiplier, and takes the norm from the caller when it has one (``update(...,
+  grad_norm=norm)``, as the train step does) instead of reading every gradient again.
+
+  Why: optax divides each gradient by the norm, and XLA:CPU does not repeat a division in each
+  consumer, so the clipped gradients were written out in full before AdamW read them, after one
+  more pass to recompute the norm. On ``base`` at 32 tokens, where the optimizer dominates the
+  step, this took it from 1.10 to 0.97 s (15 interleaved rounds)."""
+  def update(updates, state, params=None, *, grad_norm: jax.Array | None = None, **extra_args):
+    del params, extra_args
+    norm = optax.tree.norm(updates) if grad_norm is None else grad_norm
+    scale = jnp.minimum(1.0, max_norm / norm)  # a zero norm gives inf -> 1
+    return jax.tree_util.tree_map(lambda u: u * scale.astype(u.dtype), updates), state
+  return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update)
+
+
+def make_optimizer(train_cfg, lr_scales: Any | None = None
+                   ) -> optax.GradientTransformationExtraArgs:
+  """Clipping, AdamW, per-parameter multipliers, chained; ``update`` accepts ``grad_norm=``
+  (the global norm of the gradients it is given) to skip recomputing it."""
   parts = []
   if train_cfg.clip_norm > 0:
-    parts.append(optax.clip_by_global_norm(train_cfg.clip_norm))
+    parts.append(clip_by_global_norm(train_cfg.clip_norm))
   parts.append(optax.adamw(learning_rate_schedule(train_cfg), b1=train_cfg.b1, b2=train_cfg.b2,
                            eps=train_cfg.eps, weight_decay=train_cfg.weight_decay,
                            mask=decay_mask))

@@ -160,7 +160,7 @@ def make_state_fns(task, tx):
   return init_state
 
 
-def make_tx(task, train_cfg) -> optax.GradientTransformation:
+def make_tx(task, train_cfg) -> optax.GradientTransformationExtraArgs:
   """The optimizer, with the task's per-parameter learning-rate multipliers when it has them
   (``task.lr_scales(params)``: layer-wise decay, muP)."""
   scales = None
@@ -296,7 +296,7 @@ def make_train_step(task, tx, param_shardings):
 
     def apply(operands):
       params, opt_state, grads, _, new_model_state = operands
-      updates, new_opt = tx.update(grads, opt_state, params)
+      updates, new_opt = tx.update(grads, opt_state, params, grad_norm=grad_norm)
       return optax.apply_updates(params, updates), new_opt, new_model_state
 
     def skip(operands):

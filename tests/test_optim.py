@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 
 from launch import optim
@@ -75,3 +76,28 @@ def test_run_started_from_a_pretrained_run_begins_at_its_loss(baseline_run, smal
   # far below a fresh model's ln(vocab).
   assert losses[0] < baseline_run.losses[1] - 0.05
   assert abs(losses[0] - baseline_last) < 0.3
+
+
+@pytest.mark.parametrize('scale', [0.0, 0.1, 10.0])
+def test_clip_by_global_norm_matches_optax(scale):
+  """Below, above and at zero norm; with the norm recomputed or handed in by the train step."""
+  grads = {'a': scale * (jnp.arange(6.0).reshape(3, 2) - 2.0), 'b': scale * jnp.array([0.5, -1.0])}
+  expected, _ = optax.clip_by_global_norm(1.0).update(grads, optax.EmptyState())
+  clip = optim.clip_by_global_norm(1.0)
+  for kwargs in ({}, {'grad_norm': optax.tree.norm(grads)}):
+    clipped, state = clip.update(grads, clip.init(grads), **kwargs)
+    jax.tree_util.tree_map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6), clipped,
+                           expected)
+    assert state == optax.EmptyState()
+
+
+def test_optimizer_state_layout_is_unchanged_for_old_checkpoints():
+  """The clipping step keeps optax's (empty) state, so checkpoints written with
+  ``optax.clip_by_global_norm`` in the chain restore into the same tree."""
+  params = {'w': jnp.ones((3, 2)), 'scale': jnp.ones((2,))}
+  cfg = _train_cfg(clip_norm=1.0)
+  ours = optim.make_optimizer(cfg).init(params)
+  theirs = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(
+      optim.learning_rate_schedule(cfg), b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1,
+      mask=optim.decay_mask)).init(params)
+  assert jax.tree_util.tree_structure(ours) == jax.tree_util.tree_structure(theirs)
