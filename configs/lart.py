@@ -113,6 +113,7 @@ def get_config(arg: str = 'pose') -> ml_collections.ConfigDict:
   m.rope_base = 10_000.0          # unused by gpt2 (kept for the shared block's config)
   m.dtype = 'float32'             # 'bfloat16' on accelerators
   m.remat_policy = 'none'
+  m.scan_layers = True            # False: unrolled layers (toto_jax.model.layer_stack)
   m.attention_impl = ml_collections.config_dict.placeholder(str)
 
   # --- loss -----------------------------------------------------------------------------------

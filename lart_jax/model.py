@@ -12,7 +12,7 @@ of interest in slot 0:
   masked. Every other token (no detection, a masked token in pre-training, a gap at inference) is
   replaced by one learned mask token: it attends to the visible tokens (so it gets a prediction)
   but no token attends to it (``key_mask``), so its input never changes another token's output;
-* the body: the shared pre-norm transformer of ``toto_jax.model.scanned_layers`` (GPT-2 blocks,
+* the body: the shared pre-norm transformer of ``toto_jax.model.layer_stack`` (GPT-2 blocks,
   bidirectional), dropout and drop path when training;
 * heads: per-token logits over the ``num_classes`` (60) evaluated AVA classes, and optionally a
   second head over ``pseudo_classes`` pseudo-label classes (a larger label space).
@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from toto_jax.model import DenseGeneral, compute_dtype, norm, scanned_layers, sincos_positions
+from toto_jax.model import DenseGeneral, compute_dtype, layer_stack, norm, sincos_positions
 
 Array = jax.Array
 
@@ -118,8 +118,8 @@ class Lart(nn.Module):
     x = nn.with_logical_constraint(x, ('act_batch', 'act_length', 'act_embed'))
 
     positions = jnp.broadcast_to(jnp.arange(t * n, dtype=jnp.int32), (b, t * n))  # unused: gpt2
-    x, _ = scanned_layers(cfg, deterministic=deterministic)(x, positions,
-                                                            visible.reshape(b, t * n))
+    x, _ = layer_stack(cfg, deterministic=deterministic)(x, positions,
+                                                         visible.reshape(b, t * n))
     x = norm(cfg, 'final_norm')(x)
     out = {'logits': DenseGeneral((d,), (cfg.num_classes,), ('embed', 'vocab'), True, dtype,
                                   name='head')(x).astype(jnp.float32).reshape(b, t, n, -1)}

@@ -31,6 +31,15 @@ def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), 'checkpoints')
 
 
+def saved_steps(workdir: str) -> list[int]:
+  """Steps with a finished checkpoint directory in ``workdir`` (no Orbax manager needed)."""
+  directory = checkpoint_dir(workdir)
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(n) for n in os.listdir(directory)
+                if n.isdigit() and os.path.isdir(os.path.join(directory, n)))
+
+
 def make_manager(workdir: str, keep: int, async_save: bool = True) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
       max_to_keep=keep,

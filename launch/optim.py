@@ -52,8 +52,9 @@ def layer_decay_scales(params: Any, decay: float, num_layers: int, *,
   ``decay ** (L - i)``, the head (top-level names in ``head``) ``1``, everything else (input
   embeddings, position tables, ...) ``decay ** (L + 1)``.
 
-  Blocks are the leaves under the top-level ``stacked`` entry, stacked on a leading axis of size
-  ``L`` (``nn.scan``); their scale is an array ``[L, 1, ..., 1]``.
+  Blocks are the leaves under the top-level ``stacked`` entry: stacked on a leading axis of size
+  ``L`` (``nn.scan``), their scale is an array ``[L, 1, ..., 1]``; one entry per layer (``0`` ..
+  ``L-1``, ``model.scan_layers = False``), a number each.
   """
   per_layer = decay ** (num_layers - np.arange(num_layers, dtype=np.float64))
 
@@ -61,6 +62,8 @@ def layer_decay_scales(params: Any, decay: float, num_layers: int, *,
     top = _name(path[0])
     if top in head:
       return np.float32(1.0)
+    if top == stacked and len(path) > 1 and _name(path[1]).isdigit():
+      return np.float32(per_layer[int(_name(path[1]))])
     if top == stacked:
       shape = (num_layers,) + (1,) * (len(leaf.shape) - 1)
       return per_layer.reshape(shape).astype(np.float32)

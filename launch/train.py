@@ -179,9 +179,10 @@ def init_from_pretrained(params: Any, workdir: str, step: int | None = None,
   """
   from flax import traverse_util
   loaded = ckpt_lib.load(workdir, None if step is None or step < 0 else step, items=('params',))
-  source = traverse_util.flatten_dict(loaded['params'], sep='/')
-  target = traverse_util.flatten_dict(params, sep='/')
   lead = prefix.strip('/') + '/' if prefix.strip('/') else ''
+  source_tree = _in_layer_layout_of(loaded['params'], params, lead)
+  source = traverse_util.flatten_dict(source_tree, sep='/')
+  target = traverse_util.flatten_dict(params, sep='/')
   copied, unused = [], []
   for name, value in source.items():
     key = lead + name
@@ -199,6 +200,38 @@ def init_from_pretrained(params: Any, workdir: str, step: int | None = None,
   fresh = sorted(set(target) - set(copied))
   report = {'step': loaded['step'], 'copied': len(copied), 'fresh': fresh, 'unused': unused}
   return traverse_util.unflatten_dict(target, sep='/'), report
+
+
+def _in_layer_layout_of(source: Any, target: Any, lead: str) -> Any:
+  """``source`` params with their transformer layers stacked or unrolled as the ``target``
+  subtree at ``lead`` has them (``model.scan_layers`` may differ between pre-training on a pod
+  and fine-tuning on one machine)."""
+  from toto_jax.model import stack_layers, unstack_layers
+  for part in filter(None, lead.split('/')):
+    target = target.get(part, {}) if isinstance(target, dict) else {}
+  if not (isinstance(source, dict) and 'layers' in source and isinstance(target, dict)
+          and isinstance(target.get('layers'), dict)):
+    return source
+  return unstack_layers(source) if '0' in target['layers'] else stack_layers(source)
+
+
+def check_resumable_layout(workdir: str, config) -> None:
+  """A workdir's checkpoints restore only into the layer layout they were written in; a run
+  that changed ``model.scan_layers`` gets this error instead of every checkpoint being reported
+  unreadable."""
+  from toto_jax.model import scans_layers
+  path = os.path.join(workdir, 'config.json')
+  steps = ckpt_lib.saved_steps(workdir)
+  if not steps or not os.path.exists(path) or 'model' not in config:
+    return
+  saved = ckpt_lib.read_config_dict(workdir).get('model', {}).get('scan_layers', True)
+  wanted = scans_layers(config.model)
+  if bool(saved) != wanted:
+    raise ConfigError(
+        f'model.scan_layers is {wanted} but the checkpoints in {workdir} (steps {steps}) were '
+        f'written with {bool(saved)}: resume with --config.model.scan_layers={bool(saved)}, or '
+        f'start a new workdir with --config.train.init_from={workdir} (which converts the '
+        f'layout)')
 
 
 def has_model_state(task) -> bool:
@@ -435,6 +468,7 @@ def train(config, workdir: str, *, devices=None, stop_after_steps: int | None = 
   t = config.train
   accumulation = accumulation_steps(t)
   micro = t.global_batch_size // accumulation
+  check_resumable_layout(workdir, config)
   ckpt_lib.write_config(workdir, config)
 
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):

@@ -269,6 +269,26 @@ def test_params_from_hf_structure_matches_init():
   assert not params['embed'][300:].any() and not params['lm_head']['kernel'][:, 300:].any()
 
 
+def test_params_in_the_unrolled_layout_import_and_export():
+  """With ``model.scan_layers = False`` the imported tree is the unrolled model's own, computes
+  what HF computes, and exports back to the same state dict."""
+  cfg = hf.config_from_hf(HF_CONFIG)
+  cfg.scan_layers = False
+  sd = random_state_dict(HF_CONFIG)
+  params = hf.params_from_hf(sd, cfg)
+  assert sorted(params['layers']) == [str(i) for i in range(HF_CONFIG['num_hidden_layers'])]
+  init = jax.eval_shape(lambda: flax.linen.meta.unbox(
+      Toto(cfg).init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))['params']))
+  assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(
+      flax.core.unfreeze(init))
+  tokens = _tokens(HF_CONFIG['vocab_size'])
+  np.testing.assert_allclose(_toto_logits(params, cfg, tokens)[..., :HF_CONFIG['vocab_size']],
+                             reference_forward(sd, HF_CONFIG, tokens), rtol=1e-4, atol=1e-4)
+  back = hf.params_to_hf(params, cfg)
+  for key, value in sd.items():
+    np.testing.assert_array_equal(back[key], value, err_msg=key)
+
+
 # ---------------------------------------------------------------------------------------------
 # Round trips and export
 # ---------------------------------------------------------------------------------------------

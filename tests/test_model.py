@@ -1,4 +1,7 @@
-"""Toto decoder: causality, RoPE, grouped KV heads, remat, hidden states, dtypes, logical names."""
+"""Toto decoder: causality, RoPE, grouped KV heads, remat, hidden states, dtypes, logical names,
+layer layouts."""
+
+import types
 
 import flax
 import flax.linen as nn
@@ -337,6 +340,73 @@ def test_logical_names_gpt2():
   assert 'layers/mlp/gate/kernel' not in leaves
 
 
+# ---------------------------------------------------------------------------------------------
+# Layer layouts: nn.scan (stacked) and unrolled (model.scan_layers = False)
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('arch', ['llama', 'gpt2'])
+def test_unrolled_layers_compute_what_the_scanned_stack_computes(arch):
+  """Same parameters in the other layout: same logits, hidden states and gradients, and the
+  unrolled model's own tree is exactly ``unstack_layers`` of the stacked one."""
+  tokens = tokens_for(length=17)
+  cfg, unrolled_cfg = small_config(arch, num_layers=3), small_config(arch, num_layers=3,
+                                                                      scan_layers=False)
+  params = init_params(cfg, tokens[:, :-1], scale=5.0)
+  unrolled = toto_model.unstack_layers(params)
+  assert sorted(unrolled['layers']) == ['0', '1', '2']
+  shapes = jax.eval_shape(lambda: nn.meta.unbox(
+      Toto(unrolled_cfg).init(jax.random.PRNGKey(0), tokens)['params']))
+  assert jax.tree_util.tree_structure(flax.core.unfreeze(shapes)) == \
+      jax.tree_util.tree_structure(unrolled)
+  (loss, logits), grads = _loss_and_grads(cfg, params, tokens)
+  (u_loss, u_logits), u_grads = _loss_and_grads(unrolled_cfg, unrolled, tokens)
+  np.testing.assert_allclose(u_logits, logits, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(u_loss, loss, rtol=1e-6)
+  jax.tree_util.tree_map(lambda g, r: np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-6),
+                         toto_model.stack_layers(u_grads), grads)
+  _, hidden = apply(cfg, params, tokens, return_hidden=True)
+  _, u_hidden = apply(unrolled_cfg, unrolled, tokens, return_hidden=True)
+  np.testing.assert_allclose(u_hidden, hidden, rtol=1e-5, atol=1e-5)
+
+
+def test_unrolled_layers_take_the_remat_policy_per_layer():
+  tokens = tokens_for(length=17)
+  cfg = small_config(scan_layers=False, remat_policy='dots', num_layers=3)
+  params = toto_model.unstack_layers(init_params(small_config(num_layers=3), tokens))
+  assert _remat_policies(cfg, params, tokens) == [toto_model.REMAT_POLICIES['dots']] * 3
+  (loss, _), _ = _loss_and_grads(cfg, params, tokens)
+  (ref, _), _ = _loss_and_grads(small_config(scan_layers=False, num_layers=3), params, tokens)
+  np.testing.assert_allclose(loss, ref, rtol=1e-6)
+
+
+def test_unrolled_parameters_keep_their_logical_names_without_the_layers_axis():
+  leaves = _boxed_leaves(small_config(num_kv_heads=2, scan_layers=False), tokens_for())
+  for path, names in LLAMA_NAMES.items():
+    if path.startswith('layers/'):
+      for i in ('0', '1'):
+        box = leaves[path.replace('layers/', f'layers/{i}/')]
+        assert tuple(box.names) == names[1:], path
+    else:
+      assert tuple(leaves[path].names) == names, path
+
+
+def test_stack_and_unstack_layers_round_trip_and_check_their_input():
+  params = {'embed': np.ones((4, 2)), 'layers': {'w': np.arange(24.0).reshape(3, 4, 2),
+                                                 'b': np.arange(6.0).reshape(3, 2)}}
+  unrolled = toto_model.unstack_layers(params)
+  np.testing.assert_array_equal(unrolled['layers']['2']['w'], params['layers']['w'][2])
+  assert toto_model.unstack_layers(unrolled) == unrolled  # already unrolled: unchanged
+  back = toto_model.stack_layers(unrolled)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, back, params)
+  assert isinstance(back['layers']['w'], np.ndarray)  # NumPy in, NumPy out
+  with pytest.raises(ValueError, match='leading layer axis'):
+    toto_model.unstack_layers({'layers': {'w': np.ones((3, 2)), 'b': np.ones((2,))}})
+  with pytest.raises(ValueError, match='named 0..1'):
+    toto_model.stack_layers({'layers': {'0': {'w': np.ones(2)}, '2': {'w': np.ones(2)}}})
+  with pytest.raises(ValueError, match='scan_layers'):  # ConfigDicts already refuse a str
+    toto_model.scans_layers(types.SimpleNamespace(scan_layers='no'))
+
+
 @pytest.mark.parametrize('length, heads, kv_heads, block', [(300, 4, 2, 128), (64, 4, 4, 256),
                                                              (257, 2, 1, 64)])
 def test_blockwise_attention_equals_reference(length, heads, kv_heads, block):
@@ -399,7 +469,7 @@ class _Stack(nn.Module):
   @nn.compact
   def __call__(self, x, key_mask):
     positions = jnp.broadcast_to(jnp.arange(x.shape[1]), x.shape[:2])
-    return toto_model.scanned_layers(self.config, deterministic=self.deterministic)(
+    return toto_model.layer_stack(self.config, deterministic=self.deterministic)(
         x, positions, key_mask)[0]
 
 

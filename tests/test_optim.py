@@ -28,6 +28,15 @@ def test_layer_decay_scales_follow_depth():
   assert scales['head']['kernel'] == 1.0
 
 
+def test_layer_decay_scales_of_unrolled_layers_are_the_stacked_ones():
+  stacked = {'layers': {'w': np.zeros((3, 4, 4))}, 'head': {'kernel': np.zeros((4, 2))}}
+  unrolled = {'layers': {str(i): {'w': np.zeros((4, 4))} for i in range(3)},
+              'head': {'kernel': np.zeros((4, 2))}}
+  expected = optim.layer_decay_scales(stacked, 0.5, 3, head=('head',))['layers']['w'][:, 0, 0]
+  scales = optim.layer_decay_scales(unrolled, 0.5, 3, head=('head',))
+  np.testing.assert_allclose([scales['layers'][str(i)]['w'] for i in range(3)], expected)
+
+
 def test_scaled_update_equals_a_smaller_learning_rate():
   """AdamW with multiplier s on a leaf moves it exactly as AdamW at lr * s (decay included)."""
   params = {'a': jnp.ones((3, 2)), 'b': jnp.full((2,), 2.0)}
@@ -62,6 +71,31 @@ def test_init_from_copies_matching_params_and_names_mismatches(baseline_run, sma
     train_lib.init_from_pretrained(bad, baseline_run.workdir)
   with pytest.raises(train_lib.ConfigError, match='no parameter'):
     train_lib.init_from_pretrained({'other': jnp.zeros(2)}, baseline_run.workdir)
+
+
+def test_init_from_converts_the_layer_layout(baseline_run, eight_devices, tmp_path):
+  """A run pre-trained with stacked layers (``scan_layers``) initialises an unrolled model, and
+  back; resuming a workdir in the other layout is a config error naming the field."""
+  from launch import checkpoint as ckpt_lib
+  from toto_jax.model import unstack_layers
+  loaded = ckpt_lib.load(baseline_run.workdir)['params']
+  zeros = lambda tree: jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, x.dtype), tree)
+  params, report = train_lib.init_from_pretrained(zeros(unstack_layers(loaded)),
+                                                  baseline_run.workdir)
+  assert not report['fresh'] and not report['unused']
+  jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(params),
+                         unstack_layers(loaded))
+  wrapped = {'backbone': zeros(unstack_layers(loaded))}
+  params, _ = train_lib.init_from_pretrained(wrapped, baseline_run.workdir, prefix='backbone')
+  np.testing.assert_array_equal(params['backbone']['layers']['1']['mlp']['up']['kernel'],
+                                loaded['layers']['mlp']['up']['kernel'][1])
+
+  config = baseline_run.config.copy_and_resolve_references()
+  train_lib.check_resumable_layout(baseline_run.workdir, config)  # same layout: fine
+  config.model.scan_layers = False
+  with pytest.raises(train_lib.ConfigError, match='model.scan_layers is False'):
+    train_lib.check_resumable_layout(baseline_run.workdir, config)
+  train_lib.check_resumable_layout(str(tmp_path), config)  # nothing saved: nothing to check
 
 
 def test_run_started_from_a_pretrained_run_begins_at_its_loss(baseline_run, small_toto_config,

@@ -63,7 +63,7 @@ import ml_collections
 import numpy as np
 
 from configs import toto as toto_configs
-from toto_jax.model import padded_vocab_size
+from toto_jax.model import padded_vocab_size, scans_layers, stack_layers, unstack_layers
 
 # LlamaConfig defaults (transformers) for optional keys.
 _HF_DEFAULTS = {
@@ -155,6 +155,7 @@ def config_from_hf(hf_config: Mapping[str, Any]) -> ml_collections.ConfigDict:
   m.norm_eps = float(_HF_DEFAULTS['rms_norm_eps'] if eps is None else eps)
   m.dtype = 'float32'
   m.remat_policy = 'none'
+  m.scan_layers = True
   m.causal = True
   m.attention_impl = None
   tied = hf_config.get('tie_word_embeddings')
@@ -268,7 +269,8 @@ def params_from_hf(state_dict: Mapping[str, Any], config) -> dict:
   ``state_dict`` maps HF key names to arrays (NumPy, JAX, or anything ``np.asarray`` takes). The
   vocabulary is zero-padded to ``padded_vocab_size(vocab_size)``. With
   ``config.tie_word_embeddings`` the output head is copied from the embedding (a ``lm_head.weight``
-  that equals the embedding, as ``model.state_dict()`` of a tied model has, is accepted).
+  that equals the embedding, as ``model.state_dict()`` of a tied model has, is accepted). The
+  layers come stacked, or one entry per layer when ``config.scan_layers`` is False.
   """
   config = _model_config(config)
   _check_llama(config, 'params_from_hf')
@@ -304,7 +306,7 @@ def params_from_hf(state_dict: Mapping[str, Any], config) -> dict:
   embed_padded[:v] = embed
   head_padded = np.zeros((d, vpad), np.float32)
   head_padded[:, :v] = lm_head.T
-  return {
+  params = {
       'embed': embed_padded,
       'layers': {
           'attn_norm': {'scale': stack('input_layernorm.weight', lambda w: w)},
@@ -327,10 +329,12 @@ def params_from_hf(state_dict: Mapping[str, Any], config) -> dict:
       'final_norm': {'scale': get('model.norm.weight')},
       'lm_head': {'kernel': head_padded},
   }
+  return params if scans_layers(config) else unstack_layers(params)
 
 
 def toto_shapes(config) -> dict[str, tuple[int, ...]]:
-  """Plain Toto param shapes keyed by '/'-joined path (llama arch)."""
+  """Plain Toto param shapes keyed by '/'-joined path (llama arch), layers stacked (the
+  ``scan_layers`` layout; :func:`toto_jax.model.unstack_layers` gives the other)."""
   config = _model_config(config)
   d, h, kvh, hd, m, n_layers, v = _dims(config)
   vpad = padded_vocab_size(v)
@@ -355,7 +359,8 @@ def params_to_hf(params, config) -> dict[str, np.ndarray]:
   """``LlamaForCausalLM`` state dict (float32 NumPy, vocabulary un-padded) from Toto params.
 
   ``params`` may be boxed (``nn.Partitioned``, as from ``model.init``) or plain, a dict or a
-  FrozenDict, optionally wrapped as ``{'params': ...}``. With ``config.tie_word_embeddings`` the
+  FrozenDict, optionally wrapped as ``{'params': ...}``, its layers in either layout
+  (``model.scan_layers``). With ``config.tie_word_embeddings`` the
   ``lm_head.weight`` key is omitted (HF re-ties it on load); that requires the output head to equal
   the embedding, else ValueError.
   """
@@ -366,6 +371,8 @@ def params_to_hf(params, config) -> dict[str, np.ndarray]:
     params = flax.core.unfreeze(params)
   if 'params' in params and 'embed' not in params:
     params = params['params']
+  if 'layers' in params:  # either layout (model.scan_layers) -> the stacked one
+    params = stack_layers(params)
   flat = {'/'.join(k): v for k, v in flax.traverse_util.flatten_dict(dict(params)).items()}
   expected = toto_shapes(config)
   _check_present_with_shapes(flat, expected, 'params_to_hf', 'param')
