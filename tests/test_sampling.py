@@ -11,6 +11,7 @@ import pytest
 from configs import toto as toto_configs
 from toto_jax import data as token_data
 from toto_jax import sampling
+from toto_jax import model as toto_model
 from toto_jax.model import Toto, init_cache
 
 VOCAB = 40  # 36 codes + 4 reserved ids; the embedding is padded to 128 rows
@@ -119,6 +120,25 @@ def test_sample_cached_equals_uncached():
     sampling.sample(cfg, params, prompt, 29, rng=jax.random.key(0))
   with pytest.raises(ValueError, match='top_p'):
     sampling.sample(cfg, params, prompt, 2, rng=jax.random.key(0), top_p=0.0)
+
+
+def test_sampling_runs_the_layers_unrolled_from_either_layout():
+  """Stacked (scan_layers) parameters are unrolled once per call; the tokens are those of a
+  model that was unrolled all along, and its decode cache holds one entry per layer."""
+  cfg = small_config('llama', 2, max_len=32)
+  params = random_params(cfg)
+  unrolled_cfg = small_config('llama', 2, max_len=32)
+  unrolled_cfg.scan_layers = False
+  run_cfg, run_params = sampling._unrolled(cfg, {'params': params})
+  assert run_cfg.scan_layers is False and cfg.scan_layers is True  # the caller's config is kept
+  assert sorted(run_params['layers']) == ['0', '1']
+  assert init_cache(run_cfg, 2)['layers']['1']['attn']['cached_key'].shape == (2, 32, 2, 8)
+  prompt = np.random.default_rng(2).integers(4, VOCAB, (2, 5))
+  run = lambda c, p, **kw: sampling.sample(c, p, prompt, 12, rng=jax.random.key(3),
+                                           temperature=0.0, **kw)
+  greedy = run(cfg, params)
+  np.testing.assert_array_equal(run(unrolled_cfg, toto_model.unstack_layers(params)), greedy)
+  np.testing.assert_array_equal(run(cfg, params, use_cache=False), greedy)
 
 
 def test_generate_frames_slides_beyond_the_context():
