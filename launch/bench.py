@@ -207,6 +207,7 @@ def profile_toto(config, seq_len: int | None, batch: int, warmup: int, trace_dir
   (:mod:`launch.op_profile`)."""
   from launch import op_profile
 
+  config = copy.deepcopy(config)  # the caller's config is left as it was
   task = tasks_lib.get_task(config)
   m = config.model
   length = seq_len or m.max_len
@@ -233,6 +234,7 @@ def bench_toto(config, seq_len: int | None, batch: int, steps: int, warmup: int)
   from launch.flops import decoder_train_flops_per_token
   from toto_jax.task import param_counts
 
+  config = copy.deepcopy(config)  # the caller's config is left as it was
   task = tasks_lib.get_task(config)
   m = config.model
   length = seq_len or (m.max_len)
@@ -335,6 +337,7 @@ def bench_lart(config, seq_len: int | None, batch: int, steps: int, warmup: int)
   from lart_jax import data as lart_data
   from lart_jax.task import param_counts
 
+  config = copy.deepcopy(config)  # the caller's config is left as it was
   d, m = config.data, config.model
   if seq_len:
     d.max_frames = seq_len
@@ -455,7 +458,7 @@ def bench_decode(config, seq_len: int | None = None, prompt_len: int | None = No
   from toto_jax import sampling
   from toto_jax.model import Toto
 
-  m = config.model
+  m = copy.deepcopy(config.model)  # the caller's config is left as it was
   if seq_len:
     m.max_len = int(seq_len)
   prompt_len = int(prompt_len or m.max_len // 2)

@@ -62,7 +62,9 @@ def test_hlo_names_resolve_through_fused_computations_and_operands():
 def test_profile_of_a_tiny_train_step(tmp_path):
   config = toto.get_config('tiny')
   trace_dir = str(tmp_path / 'trace')
+  before = config.to_json()
   r = bench.profile_toto(config, seq_len=32, batch=8, warmup=1, trace_dir=trace_dir, top=5)
+  assert config.to_json() == before  # the caller's config is not changed
   assert r['bench'] == 'toto_profile' and r['wall_s'] > 0 and r['recorded_op_s'] > 0
   groups = {g['group']: g for g in r['groups']}
   assert 'forward / projection matmuls' in groups and 'backward / projection matmuls' in groups
