@@ -206,13 +206,13 @@ def _in_layer_layout_of(source: Any, target: Any, lead: str) -> Any:
   """``source`` params with their transformer layers stacked or unrolled as the ``target``
   subtree at ``lead`` has them (``model.scan_layers`` may differ between pre-training on a pod
   and fine-tuning on one machine)."""
-  from toto_jax.model import stack_layers, unstack_layers
+  from toto_jax.model import is_unrolled, stack_layers, unstack_layers
   for part in filter(None, lead.split('/')):
     target = target.get(part, {}) if isinstance(target, dict) else {}
   if not (isinstance(source, dict) and 'layers' in source and isinstance(target, dict)
           and isinstance(target.get('layers'), dict)):
     return source
-  return unstack_layers(source) if '0' in target['layers'] else stack_layers(source)
+  return unstack_layers(source) if is_unrolled(target['layers']) else stack_layers(source)
 
 
 def check_resumable_layout(workdir: str, config) -> None:

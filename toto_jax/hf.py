@@ -55,15 +55,14 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-import flax.core
-import flax.linen
 import flax.traverse_util
 import jax
 import ml_collections
 import numpy as np
 
 from configs import toto as toto_configs
-from toto_jax.model import padded_vocab_size, scans_layers, stack_layers, unstack_layers
+from toto_jax.model import (padded_vocab_size, plain_params, scans_layers, stack_layers,
+                            unstack_layers)
 
 # LlamaConfig defaults (transformers) for optional keys.
 _HF_DEFAULTS = {
@@ -366,11 +365,7 @@ def params_to_hf(params, config) -> dict[str, np.ndarray]:
   """
   config = _model_config(config)
   _check_llama(config, 'params_to_hf')
-  params = flax.linen.meta.unbox(params)
-  if isinstance(params, flax.core.FrozenDict):
-    params = flax.core.unfreeze(params)
-  if 'params' in params and 'embed' not in params:
-    params = params['params']
+  params = plain_params(params)
   if 'layers' in params:  # either layout (model.scan_layers) -> the stacked one
     params = stack_layers(params)
   flat = {'/'.join(k): v for k, v in flax.traverse_util.flatten_dict(dict(params)).items()}

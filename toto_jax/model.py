@@ -30,6 +30,7 @@ import functools
 import math
 from typing import Any, Callable, Mapping
 
+import flax.core
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -495,8 +496,20 @@ def layer_stack(config: Any, *, emit_hidden: bool = False, deterministic: bool =
   return layers(config, emit_hidden, deterministic, decode, cache_len, name=name)
 
 
-def _is_unstacked(layers: Any) -> bool:
+def is_unrolled(layers: Any) -> bool:
+  """Whether a ``layers`` subtree is in the ``scan_layers = False`` layout (``0``, ``1``, ...)."""
   return isinstance(layers, Mapping) and '0' in layers
+
+
+def plain_params(params: Any) -> dict:
+  """Toto parameters as a plain nested dict: ``nn.Partitioned`` boxes removed, a FrozenDict
+  unfrozen, a ``{'params': ...}`` wrapper (as ``model.init`` returns) taken off."""
+  params = nn.meta.unbox(params)
+  if isinstance(params, flax.core.FrozenDict):
+    params = flax.core.unfreeze(params)
+  if 'params' in params and 'embed' not in params:
+    params = params['params']
+  return dict(params)
 
 
 def unstack_layers(tree: Mapping, name: str = 'layers') -> dict:
@@ -505,7 +518,7 @@ def unstack_layers(tree: Mapping, name: str = 'layers') -> dict:
   each layer's arrays (``scan_layers = False``). A tree already in that layout comes back as
   it is. Works on NumPy and JAX arrays alike."""
   layers = tree[name]
-  if _is_unstacked(layers):
+  if is_unrolled(layers):
     return dict(tree)
   sizes = {x.shape[0] for x in jax.tree_util.tree_leaves(layers)}
   if len(sizes) != 1:
@@ -520,7 +533,7 @@ def stack_layers(tree: Mapping, name: str = 'layers') -> dict:
   """The inverse of :func:`unstack_layers`: ``name/0 .. name/{L-1}`` stacked on a leading axis.
   A tree already stacked comes back as it is."""
   layers = tree[name]
-  if not _is_unstacked(layers):
+  if not is_unrolled(layers):
     return dict(tree)
   count = len(layers)
   if sorted(layers) != sorted(str(i) for i in range(count)):

@@ -28,15 +28,14 @@ import json
 import types
 from typing import Any, Callable
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
 from toto_jax import data as token_data
-from toto_jax.model import (Toto, cache_length, init_cache, padded_vocab_size, scans_layers,
-                            unstack_layers)
+from toto_jax.model import (Toto, cache_length, init_cache, padded_vocab_size, plain_params,
+                            scans_layers, unstack_layers)
 
 Array = jax.Array
 
@@ -158,10 +157,7 @@ def _step_fns(cfg: Any, cache_len: int, lo: int, hi: int) -> dict[str, Callable]
 
 def _unrolled(model_cfg: Any, params: Any) -> tuple[Any, Any]:
   """The config and parameters the sampler runs: layers unrolled, parameters on the devices."""
-  params = nn.meta.unbox(params)
-  if 'params' in params and 'embed' not in params:
-    params = params['params']
-  params = jax.device_put(unstack_layers(params))
+  params = jax.device_put(unstack_layers(plain_params(params)))
   if not scans_layers(model_cfg):
     return model_cfg, params
   if hasattr(model_cfg, 'unlocked'):  # ml_collections.ConfigDict
