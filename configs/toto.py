@@ -66,7 +66,8 @@ def model_config(variant: str, arch: str = 'llama') -> ml_collections.ConfigDict
   # its own parameters (faster steps and decoding on CPU; toto_jax.model.layer_stack).
   m.scan_layers = True
   m.causal = True
-  m.attention_impl = ml_collections.config_dict.placeholder(str)  # None (auto) | 'xla' | 'cudnn'
+  # None (auto) | 'xla' | 'cudnn' | 'blockwise' | 'fused_cpu' (toto_jax/attention.py)
+  m.attention_impl = ml_collections.config_dict.placeholder(str)
   # muP (toto_jax/mup.py): width-scaled init, 1/d attention, 1/width readout, per-layer lrs.
   # On for the a1..a6 scaling family (Table 4.15), tuned at a1's width.
   m.mup = variant.startswith('a')

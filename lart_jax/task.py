@@ -81,9 +81,9 @@ class LartTask:
       raise ConfigError(f'model.dim ({m.dim}) must be divisible by 4 (2D sine-cosine positions)')
     if (m.num_kv_heads or m.num_heads) != m.num_heads:
       raise ConfigError('model.num_kv_heads must be 0 or model.num_heads for LART')
-    if m.get('attention_impl') == 'blockwise':
-      raise ConfigError("model.attention_impl='blockwise' is causal-only; LART attention is "
-                        "bidirectional with a key mask")
+    if m.get('attention_impl') in ('blockwise', 'fused_cpu'):
+      raise ConfigError(f"model.attention_impl={m.attention_impl!r} is causal-only; LART "
+                        "attention is bidirectional with a key mask")
     if int(m.appearance_dim) != int(d.appearance_dim):
       raise ConfigError(f'model.appearance_dim ({m.appearance_dim}) must equal '
                         f'data.appearance_dim ({d.appearance_dim}); pose-only variants use 0')

@@ -407,16 +407,23 @@ def test_stack_and_unstack_layers_round_trip_and_check_their_input():
     toto_model.scans_layers(types.SimpleNamespace(scan_layers='no'))
 
 
-@pytest.mark.parametrize('length, heads, kv_heads, block', [(300, 4, 2, 128), (64, 4, 4, 256),
-                                                             (257, 2, 1, 64)])
-def test_blockwise_attention_equals_reference(length, heads, kv_heads, block):
-  """The CPU attention path is exact: values and gradients equal jax.nn.dot_product_attention."""
-  from toto_jax.attention import blockwise_causal_attention
+@pytest.mark.parametrize('length, heads, kv_heads, block, dim', [
+    (300, 4, 2, 128, 16), (64, 4, 4, 256, 16), (257, 2, 1, 64, 16),
+    (130, 3, 1, None, 64), (257, 6, 3, None, 40), (5, 4, 2, None, 8)])  # None: the fused kernel
+def test_cpu_attention_equals_reference(length, heads, kv_heads, block, dim):
+  """The CPU attention paths are exact: values and gradients equal jax.nn.dot_product_attention
+  (the blockwise XLA kernel at several block sizes; the compiled one, toto_jax/csrc, with grouped
+  heads, partial tiles and a head_dim that is not a multiple of its vectors)."""
+  from toto_jax import native
+  from toto_jax.attention import blockwise_causal_attention, fused_causal_attention
+  if block is None and not native.causal_attention_available():
+    pytest.skip('no C++ compiler for the fused CPU attention kernel')
   rng = np.random.default_rng(length)
-  q = jnp.asarray(rng.standard_normal((2, length, heads, 16)), jnp.float32)
-  k = jnp.asarray(rng.standard_normal((2, length, kv_heads, 16)), jnp.float32)
-  v = jnp.asarray(rng.standard_normal((2, length, kv_heads, 16)), jnp.float32)
-  ours = lambda q, k, v: blockwise_causal_attention(q, k, v, block=block)
+  q = jnp.asarray(rng.standard_normal((2, length, heads, dim)), jnp.float32)
+  k = jnp.asarray(rng.standard_normal((2, length, kv_heads, dim)), jnp.float32)
+  v = jnp.asarray(rng.standard_normal((2, length, kv_heads, dim)), jnp.float32)
+  ours = (fused_causal_attention if block is None
+          else lambda q, k, v: blockwise_causal_attention(q, k, v, block=block))
   ref = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True)
   np.testing.assert_allclose(jax.jit(ours)(q, k, v), ref(q, k, v), atol=2e-5, rtol=1e-5)
   loss = lambda f: lambda q, k, v: jnp.sum(jnp.sin(f(q, k, v)))

@@ -2,8 +2,10 @@
 
 On GPUs and TPUs it is ``jax.nn.dot_product_attention`` (cuDNN's fused kernel on NVIDIA GPUs when
 ``implementation='cudnn'`` or when XLA picks it). On CPU, XLA's attention materialises the full
-``length x length`` score matrix and spends most of its time in the softmax over the masked half;
-the ``blockwise`` path computes causal attention one block of queries at a time against only the
+``length x length`` score matrix and spends most of its time in the softmax over the masked half.
+There, causal float32 attention goes to ``fused_cpu``, a compiled kernel (``csrc/causal_attention.cc``,
+built on first use by :mod:`toto_jax.native`) that keeps every score tile in the caches. Where it
+cannot be built, or for other dtypes, the pure-XLA ``blockwise`` path computes causal attention one block of queries at a time against only the
 keys it can see, and its backward pass recomputes the probabilities from the saved log-sum-exp
 (the flash-attention recipe) instead of keeping them: the residuals are O(length), not
 O(length^2) (at 4097 tokens, 12 heads, keeping them would take 0.4 GB per layer). Grouped
@@ -18,7 +20,9 @@ import math
 import jax
 import jax.numpy as jnp
 
-IMPLEMENTATIONS = (None, 'xla', 'cudnn', 'blockwise')
+from toto_jax import native
+
+IMPLEMENTATIONS = (None, 'xla', 'cudnn', 'blockwise', 'fused_cpu')
 
 # Query rows per block on CPU. A 12-layer stack of attention at length 1024, 12 heads, forward +
 # backward, one interleaved run on 2 cores: 1.79 s with 128, 2.10 s with 64, and 2.53 s for the
@@ -126,11 +130,48 @@ def _blockwise_backward(block: int, residuals, d_out: jax.Array):
 blockwise_causal_attention.defvjp(_blockwise_forward, _blockwise_backward)
 
 
+def _fused_forward(q: jax.Array, k: jax.Array, v: jax.Array):
+  b, t, h, _ = q.shape
+  out, lse = jax.ffi.ffi_call(
+      native.FORWARD_TARGET,
+      (jax.ShapeDtypeStruct(q.shape, jnp.float32), jax.ShapeDtypeStruct((b, h, t), jnp.float32)),
+      vmap_method='sequential')(q, k, v)
+  return out, (q, k, v, out, lse)
+
+
+def _fused_backward(residuals, d_out: jax.Array):
+  q, k, v, out, lse = residuals
+  shapes = tuple(jax.ShapeDtypeStruct(x.shape, jnp.float32) for x in (q, k, v))
+  return tuple(jax.ffi.ffi_call(native.BACKWARD_TARGET, shapes, vmap_method='sequential')(
+      q, k, v, out, lse, d_out.astype(jnp.float32)))
+
+
+@jax.custom_vjp
+def fused_causal_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+  """Exact causal softmax attention in one compiled CPU call per pass (float32; ``k``/``v`` may
+  have fewer heads than ``q``). The backward pass recomputes the probabilities from the saved
+  log-sum-exp, like :func:`blockwise_causal_attention`. Call
+  :func:`toto_jax.native.require_causal_attention` first (``dot_product_attention`` does)."""
+  return _fused_forward(q, k, v)[0]
+
+
+fused_causal_attention.defvjp(_fused_forward, _fused_backward)
+
+
+def _fused_cpu_applies(q: jax.Array, k: jax.Array, v: jax.Array) -> bool:
+  """The compiled kernel runs whole arrays on one device: float32, and no multi-device mesh
+  (a custom call has no partitioning rule, so sharded callers keep the XLA path)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  return (all(x.dtype == jnp.float32 for x in (q, k, v)) and (mesh.empty or mesh.size == 1)
+          and native.causal_attention_available())
+
+
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool,
                           implementation: str | None = None,
                           key_mask: jax.Array | None = None) -> jax.Array:
-  """Softmax attention with the implementation chosen by name, or by backend when ``None``:
-  ``blockwise`` for causal attention on CPU, ``jax.nn.dot_product_attention`` elsewhere.
+  """Softmax attention with the implementation chosen by name, or by backend when ``None``: for
+  causal attention on CPU ``fused_cpu`` where it applies (float32, one device, kernel built),
+  else ``blockwise``; ``jax.nn.dot_product_attention`` elsewhere.
 
   ``key_mask`` (bool ``[batch, keys]``) hides keys from every query (missing tokens); each query
   must see at least one key. It goes through ``jax.nn.dot_product_attention``.
@@ -139,11 +180,19 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: b
     raise ValueError(f'model.attention_impl must be one of {IMPLEMENTATIONS}, '
                      f'got {implementation!r}')
   if implementation is None and causal and jax.default_backend() == 'cpu' and key_mask is None:
-    implementation = 'blockwise'
+    implementation = 'fused_cpu' if _fused_cpu_applies(q, k, v) else 'blockwise'
+  if implementation in ('blockwise', 'fused_cpu') and (not causal or key_mask is not None):
+    raise ValueError(f"model.attention_impl={implementation!r} is for causal attention without a "
+                     "key mask only")
+  if implementation == 'fused_cpu':
+    try:
+      native.require_causal_attention()
+    except native.NativeUnavailable as e:
+      raise ValueError(f"model.attention_impl='fused_cpu' cannot be used here: {e}") from e
+    dtype = q.dtype
+    f32 = lambda x: x.astype(jnp.float32)
+    return fused_causal_attention(f32(q), f32(k), f32(v)).astype(dtype)
   if implementation == 'blockwise':
-    if not causal or key_mask is not None:
-      raise ValueError("model.attention_impl='blockwise' is for causal attention without a key "
-                       "mask only")
     return blockwise_causal_attention(q, k, v)
   mask = None if key_mask is None else key_mask[:, None, None, :]  # [batch, heads, q, k]
   return jax.nn.dot_product_attention(q, k, v, is_causal=causal, mask=mask,

@@ -244,8 +244,9 @@ class Attention(nn.Module):
   detections and masked tokens.
 
   The attention itself is :func:`toto_jax.attention.dot_product_attention`:
-  ``jax.nn.dot_product_attention`` on accelerators (the fused cuDNN kernel on GPUs), a blockwise
-  causal kernel on CPU; ``config.attention_impl`` forces one.
+  ``jax.nn.dot_product_attention`` on accelerators (the fused cuDNN kernel on GPUs), a compiled
+  fused causal kernel on CPU (the XLA blockwise one where it cannot be built);
+  ``config.attention_impl`` forces one.
   """
   config: Any
   decode: bool = False
