@@ -37,8 +37,26 @@ constexpr int kLanes = 16;
 typedef float vf __attribute__((vector_size(kLanes * sizeof(float)), aligned(4)));
 typedef int32_t vi __attribute__((vector_size(kLanes * sizeof(int32_t)), aligned(4)));
 
+typedef float vf8 __attribute__((vector_size(8 * sizeof(float)), aligned(4)));
+typedef float vf4 __attribute__((vector_size(4 * sizeof(float)), aligned(4)));
+
 inline vf load(const float* p) { return *reinterpret_cast<const vf*>(p); }
 inline void store(float* p, vf v) { *reinterpret_cast<vf*>(p) = v; }
+
+// Horizontal max and sum in log2(lanes) steps (a scalar loop is a 16-step dependency chain).
+template <typename Op>
+inline float reduce(vf v, Op op) {
+  vf8 a = op(__builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7),
+             __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15));
+  vf4 b = op(__builtin_shufflevector(a, a, 0, 1, 2, 3), __builtin_shufflevector(a, a, 4, 5, 6, 7));
+  return op(op(b[0], b[1]), op(b[2], b[3]));
+}
+inline float hmax(vf v) {
+  return reduce(v, [](auto x, auto y) { return x > y ? x : y; });
+}
+inline float hsum(vf v) {
+  return reduce(v, [](auto x, auto y) { return x + y; });
+}
 
 // exp(x) for a vector, relative error ~2e-7 (Cephes' expf): exactly 0 below -87.3 and for -inf,
 // so masked scores give exactly zero probability; NaN stays NaN.
@@ -102,11 +120,12 @@ void gemm(int M, int N, int K, const float* A, int lda, const float* B, int ldb,
   }
 }
 
-struct Aligned {  // a zeroed float buffer on a 64-byte boundary
-  explicit Aligned(size_t n) : data(static_cast<float*>(std::aligned_alloc(64, (n * 4 + 63) / 64 * 64))) {
-    std::memset(data, 0, n * 4);
-  }
+struct Aligned {  // an uninitialised float buffer on a 64-byte boundary
+  explicit Aligned(size_t n)
+      : size(n), data(static_cast<float*>(std::aligned_alloc(64, (n * 4 + 63) / 64 * 64))) {}
   ~Aligned() { std::free(data); }
+  void zero() { std::memset(data, 0, size * sizeof(float)); }
+  size_t size;
   float* data;
 };
 
@@ -118,20 +137,24 @@ struct Shape {
 };
 
 // Copies head `h` of x [batch, length, heads_x, dim] (batch b) into rows of `dst` [Tp x Dp],
-// multiplied by `scale`; the padding stays zero.
+// multiplied by `scale`, with zeros in the padding.
 void pack_rows(const float* x, int64_t heads_x, int64_t b, int64_t h, const Shape& s, float scale,
                float* dst) {
   const int64_t dp = s.padded_dim();
   for (int64_t t = 0; t < s.length; ++t) {
     const float* src = x + ((b * s.length + t) * heads_x + h) * s.dim;
     for (int64_t d = 0; d < s.dim; ++d) dst[t * dp + d] = src[d] * scale;
+    std::fill(dst + t * dp + s.dim, dst + (t + 1) * dp, 0.0f);
   }
+  std::fill(dst + s.length * dp, dst + s.padded_length() * dp, 0.0f);
 }
 
-// Head `h` transposed one key tile at a time: dst[tile][d][key in tile], each tile contiguous.
+// Head `h` transposed one key tile at a time: dst[tile][d][key in tile], each tile contiguous,
+// with zeros in the padding.
 void pack_transposed_tiles(const float* x, int64_t heads_x, int64_t b, int64_t h, const Shape& s,
                            float* dst) {
-  const int64_t dp = s.padded_dim();
+  const int64_t dp = s.padded_dim(), tp = s.padded_length();
+  if (tp != s.length || dp != s.dim) std::fill(dst, dst + tp * dp, 0.0f);
   for (int64_t t = 0; t < s.length; ++t) {
     const float* src = x + ((b * s.length + t) * heads_x + h) * s.dim;
     float* tile_base = dst + (t / kTile) * dp * kTile + (t % kTile);
@@ -148,17 +171,14 @@ void unpack_rows(const float* src, int64_t heads_x, int64_t b, int64_t h, const 
   }
 }
 
-// Scores of one tile: S = scale * Q_i K_j^T, the future masked to -inf on the diagonal tile.
-void scores(const float* q_rows, const float* kt_tile, int dp, float scale, bool diagonal,
-            float* s) {
+// Scores of one tile, S = Q_i K_j^T with q packed already multiplied by 1/sqrt(head_dim); the
+// future masked to -inf on the diagonal tile.
+void scores(const float* q_rows, const float* kt_tile, int dp, bool diagonal, float* s) {
   gemm(kTile, kTile, dp, q_rows, dp, kt_tile, kTile, s, kTile, false);
+  if (!diagonal) return;
   const float neg_inf = -std::numeric_limits<float>::infinity();
-  for (int r = 0; r < kTile; ++r) {
-    float* row = s + r * kTile;
-    for (int c = 0; c < kTile; c += kLanes) store(row + c, load(row + c) * scale);
-    if (diagonal)
-      for (int c = r + 1; c < kTile; ++c) row[c] = neg_inf;
-  }
+  for (int r = 0; r < kTile; ++r)
+    for (int c = r + 1; c < kTile; ++c) s[r * kTile + c] = neg_inf;
 }
 
 // Runs fn(unit) for unit in [0, units) on up to one thread per available core.
@@ -189,13 +209,13 @@ void forward(const float* q, const float* k, const float* v, float* out, float* 
     pack_rows(v, s.kv_heads, b, kvh, s, 1.0f, vr.data);
     for (int64_t g = 0; g < group; ++g) {
       const int64_t h = kvh * group + g;
-      pack_rows(q, s.heads, b, h, s, 1.0f, qr.data);
+      pack_rows(q, s.heads, b, h, s, scale, qr.data);
       for (int64_t i = 0; i < tiles; ++i) {
         float* oi = o.data + i * kTile * dp;
         std::fill(row_max, row_max + kTile, -std::numeric_limits<float>::infinity());
         std::fill(row_sum, row_sum + kTile, 0.0f);
         for (int64_t j = 0; j <= i; ++j) {
-          scores(qr.data + i * kTile * dp, kt.data + j * dp * kTile, dp, scale, i == j, st.data);
+          scores(qr.data + i * kTile * dp, kt.data + j * dp * kTile, dp, i == j, st.data);
           for (int r = 0; r < kTile; ++r) {
             float* row = st.data + r * kTile;
             vf m = load(row);
@@ -203,21 +223,22 @@ void forward(const float* q, const float* k, const float* v, float* out, float* 
               vf x = load(row + c);
               m = x > m ? x : m;
             }
-            float new_max = row_max[r];
-            for (int l = 0; l < kLanes; ++l) new_max = std::max(new_max, m[l]);
-            const float correction = j == 0 ? 0.0f : std::exp(row_max[r] - new_max);
+            const float new_max = std::max(row_max[r], hmax(m));
+            const float correction =
+                j == 0 ? 0.0f : (new_max == row_max[r] ? 1.0f : std::exp(row_max[r] - new_max));
             vf sum = {};
             for (int c = 0; c < kTile; c += kLanes) {
               vf p = vexp(load(row + c) - new_max);
               store(row + c, p);
               sum += p;
             }
-            float total = 0.0f;
-            for (int l = 0; l < kLanes; ++l) total += sum[l];
-            row_sum[r] = row_sum[r] * correction + total;
+            row_sum[r] = row_sum[r] * correction + hsum(sum);
             row_max[r] = new_max;
             float* orow = oi + r * dp;
-            for (int c = 0; c < dp; c += kLanes) store(orow + c, load(orow + c) * correction);
+            if (j == 0)
+              std::memset(orow, 0, dp * sizeof(float));
+            else if (correction != 1.0f)
+              for (int c = 0; c < dp; c += kLanes) store(orow + c, load(orow + c) * correction);
           }
           gemm(kTile, dp, kTile, st.data, kTile, vr.data + j * kTile * dp, dp, oi, dp, true);
         }
@@ -244,12 +265,14 @@ void backward(const float* q, const float* k, const float* v, const float* out, 
     Aligned kr(tp * dp), kt(tp * dp), vt(tp * dp), qr(tp * dp), dor(tp * dp), orows(tp * dp),
         dqr(tp * dp), dkr(tp * dp), dvr(tp * dp), p(kTile * kTile), dp_tile(kTile * kTile);
     std::vector<float> row_lse(tp, 0.0f), delta(tp, 0.0f);
+    dkr.zero();
+    dvr.zero();
     pack_rows(k, s.kv_heads, b, kvh, s, 1.0f, kr.data);
     pack_transposed_tiles(k, s.kv_heads, b, kvh, s, kt.data);
     pack_transposed_tiles(v, s.kv_heads, b, kvh, s, vt.data);
     for (int64_t g = 0; g < group; ++g) {
       const int64_t h = kvh * group + g;
-      pack_rows(q, s.heads, b, h, s, 1.0f, qr.data);
+      pack_rows(q, s.heads, b, h, s, scale, qr.data);  // dK = dS^T (scale Q)
       pack_rows(d_out, s.heads, b, h, s, 1.0f, dor.data);
       pack_rows(out, s.heads, b, h, s, 1.0f, orows.data);
       for (int64_t t = 0; t < s.length; ++t) {
@@ -258,12 +281,12 @@ void backward(const float* q, const float* k, const float* v, const float* out, 
         for (int64_t d = 0; d < dp; ++d) acc += dor.data[t * dp + d] * orows.data[t * dp + d];
         delta[t] = acc;
       }
-      std::memset(dqr.data, 0, tp * dp * sizeof(float));
+      dqr.zero();
       for (int64_t j = 0; j < tiles; ++j) {
         for (int64_t i = j; i < tiles; ++i) {
           const float* qi = qr.data + i * kTile * dp;
           const float* doi = dor.data + i * kTile * dp;
-          scores(qi, kt.data + j * dp * kTile, dp, scale, i == j, p.data);
+          scores(qi, kt.data + j * dp * kTile, dp, i == j, p.data);
           gemm(kTile, kTile, dp, doi, dp, vt.data + j * dp * kTile, kTile, dp_tile.data, kTile,
                false);
           for (int r = 0; r < kTile; ++r) {
@@ -273,7 +296,7 @@ void backward(const float* q, const float* k, const float* v, const float* out, 
             for (int c = 0; c < kTile; c += kLanes) {
               vf pr = vexp(load(prow + c) - m);
               store(prow + c, pr);
-              store(dprow + c, pr * (load(dprow + c) - dl) * scale);  // dS, scale folded in
+              store(dprow + c, pr * (load(dprow + c) - dl));  // dS
             }
           }
           gemm<true>(kTile, dp, kTile, p.data, kTile, doi, dp, dvr.data + j * kTile * dp, dp, true);
@@ -283,6 +306,7 @@ void backward(const float* q, const float* k, const float* v, const float* out, 
                dqr.data + i * kTile * dp, dp, true);
         }
       }
+      for (int64_t x = 0; x < tp * dp; x += kLanes) store(dqr.data + x, load(dqr.data + x) * scale);
       unpack_rows(dqr.data, s.heads, b, h, s, dq);
     }
     unpack_rows(dkr.data, s.kv_heads, b, kvh, s, dk);
