@@ -103,6 +103,8 @@ def test_without_a_compiler_auto_falls_back_and_forcing_says_why(tmp_path, monke
     np.testing.assert_allclose(out, _reference(q, k, v), atol=2e-5)
     with pytest.raises(ValueError, match="attention_impl='fused_cpu' cannot be used here"):
       attention.dot_product_attention(q, k, v, causal=True, implementation='fused_cpu')
+    with pytest.raises(native.NativeUnavailable, match='no-such-compiler'):
+      attention.fused_causal_attention(q, k, v)
     assert list(tmp_path.iterdir()) == []
     monkeypatch.setenv('TOTO_JAX_NATIVE', '0')
     native._load_causal_attention.cache_clear()

@@ -131,6 +131,7 @@ blockwise_causal_attention.defvjp(_blockwise_forward, _blockwise_backward)
 
 
 def _fused_forward(q: jax.Array, k: jax.Array, v: jax.Array):
+  native.require_causal_attention()  # built and registered once per process; says why not
   b, t, h, _ = q.shape
   out, lse = jax.ffi.ffi_call(
       native.FORWARD_TARGET,
@@ -150,8 +151,8 @@ def _fused_backward(residuals, d_out: jax.Array):
 def fused_causal_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
   """Exact causal softmax attention in one compiled CPU call per pass (float32; ``k``/``v`` may
   have fewer heads than ``q``). The backward pass recomputes the probabilities from the saved
-  log-sum-exp, like :func:`blockwise_causal_attention`. Call
-  :func:`toto_jax.native.require_causal_attention` first (``dot_product_attention`` does)."""
+  log-sum-exp, like :func:`blockwise_causal_attention`. Raises
+  :class:`toto_jax.native.NativeUnavailable` where the kernel cannot be built."""
   return _fused_forward(q, k, v)[0]
 
 
