@@ -24,6 +24,7 @@ import optax
 
 from lart_jax import data as lart_data
 from lart_jax.model import HEAD_NAMES, MAX_FRAMES, POSE_DIM, Lart, random_token_mask
+from toto_jax import attention
 
 def evaluated_columns() -> np.ndarray:
   """0-based columns of an 80-wide AVA label vector that hold the 60 evaluated classes."""
@@ -81,7 +82,7 @@ class LartTask:
       raise ConfigError(f'model.dim ({m.dim}) must be divisible by 4 (2D sine-cosine positions)')
     if (m.num_kv_heads or m.num_heads) != m.num_heads:
       raise ConfigError('model.num_kv_heads must be 0 or model.num_heads for LART')
-    if m.get('attention_impl') in ('blockwise', 'fused_cpu'):
+    if m.get('attention_impl') in attention.CAUSAL_ONLY:
       raise ConfigError(f"model.attention_impl={m.attention_impl!r} is causal-only; LART "
                         "attention is bidirectional with a key mask")
     if int(m.appearance_dim) != int(d.appearance_dim):

@@ -138,6 +138,8 @@ def test_config_variants_and_options():
     ('model.mask_ratio', 1.0, 'model.mask_ratio'),
     ('model.pseudo_classes', 7, 'model.pseudo_classes'),
     ('loss.gt_weight', -1.0, 'loss'),
+    ('model.attention_impl', 'blockwise', "attention_impl='blockwise' is causal-only"),
+    ('model.attention_impl', 'fused_cpu', "attention_impl='fused_cpu' is causal-only"),
 ])
 def test_validate_names_the_field(field, value, match):
   c = lart_config.get_config('tiny')

@@ -33,7 +33,8 @@ def test_fused_attention_is_exactly_causal():
   (masked scores get exactly zero probability, not a tiny one)."""
   q, k, v = _qkv(1, 150, 2, 2, 32)
   changed = tuple(x.at[:, 100:].set(x[:, 100:] * 7.0 + 3.0) for x in (q, k, v))
-  before, after = attention.fused_causal_attention(q, k, v), attention.fused_causal_attention(*changed)
+  before = attention.fused_causal_attention(q, k, v)
+  after = attention.fused_causal_attention(*changed)
   np.testing.assert_array_equal(before[:, :100], after[:, :100])
   assert not np.allclose(before[:, 100:], after[:, 100:])
 

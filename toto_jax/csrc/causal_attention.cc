@@ -21,7 +21,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
-#include <memory>
 #include <thread>
 #include <vector>
 
@@ -247,7 +246,8 @@ void forward(const float* q, const float* k, const float* v, float* out, float* 
           const float inv = 1.0f / row_sum[r];
           float* orow = oi + r * dp;
           for (int c = 0; c < dp; c += kLanes) store(orow + c, load(orow + c) * inv);
-          if (t < s.length) lse[(b * s.heads + h) * s.length + t] = row_max[r] + std::log(row_sum[r]);
+          if (t < s.length)
+            lse[(b * s.heads + h) * s.length + t] = row_max[r] + std::log(row_sum[r]);
         }
       }
       unpack_rows(o.data, s.heads, b, h, s, out);
@@ -262,8 +262,8 @@ void backward(const float* q, const float* k, const float* v, const float* out, 
   const float scale = 1.0f / std::sqrt(static_cast<float>(s.dim));
   parallel_for(s.batch * s.kv_heads, [&](int64_t unit) {
     const int64_t b = unit / s.kv_heads, kvh = unit % s.kv_heads;
-    Aligned kr(tp * dp), kt(tp * dp), vt(tp * dp), qr(tp * dp), dor(tp * dp), orows(tp * dp),
-        dqr(tp * dp), dkr(tp * dp), dvr(tp * dp), p(kTile * kTile), dp_tile(kTile * kTile);
+    Aligned kr(tp * dp), kt(tp * dp), vt(tp * dp), qr(tp * dp), dor(tp * dp), dqr(tp * dp),
+        dkr(tp * dp), dvr(tp * dp), p(kTile * kTile), dp_tile(kTile * kTile);
     std::vector<float> row_lse(tp, 0.0f), delta(tp, 0.0f);
     dkr.zero();
     dvr.zero();
@@ -274,11 +274,12 @@ void backward(const float* q, const float* k, const float* v, const float* out, 
       const int64_t h = kvh * group + g;
       pack_rows(q, s.heads, b, h, s, scale, qr.data);  // dK = dS^T (scale Q)
       pack_rows(d_out, s.heads, b, h, s, 1.0f, dor.data);
-      pack_rows(out, s.heads, b, h, s, 1.0f, orows.data);
       for (int64_t t = 0; t < s.length; ++t) {
         row_lse[t] = lse[(b * s.heads + h) * s.length + t];
-        float acc = 0.0f;  // delta = rowsum(dO * O), the softmax backward's correction
-        for (int64_t d = 0; d < dp; ++d) acc += dor.data[t * dp + d] * orows.data[t * dp + d];
+        // delta = rowsum(dO * O), the softmax backward's correction; O is read once, in place.
+        const float* o_row = out + ((b * s.length + t) * s.heads + h) * s.dim;
+        float acc = 0.0f;
+        for (int64_t d = 0; d < s.dim; ++d) acc += dor.data[t * dp + d] * o_row[d];
         delta[t] = acc;
       }
       dqr.zero();
@@ -317,7 +318,8 @@ void backward(const float* q, const float* k, const float* v, const float* out, 
 ffi::Error shape_of(const ffi::Buffer<ffi::F32>& q, const ffi::Buffer<ffi::F32>& k, Shape* s) {
   auto qd = q.dimensions(), kd = k.dimensions();
   if (qd.size() != 4 || kd.size() != 4)
-    return ffi::Error::InvalidArgument("causal_attention: q and k must be [batch, length, heads, dim]");
+    return ffi::Error::InvalidArgument(
+        "causal_attention: q and k must be [batch, length, heads, dim]");
   *s = Shape{qd[0], qd[1], qd[2], kd[2], qd[3]};
   if (kd[0] != s->batch || kd[1] != s->length || kd[3] != s->dim || s->kv_heads == 0 ||
       s->heads % s->kv_heads != 0)
